@@ -1,0 +1,356 @@
+"""The PDU: a frozen, format-checked room event, and building new ones.
+
+Owns: `Pdu` (an immutable view over the event's federation JSON, with its event ID), the format
+checks of room versions 10-12 (`parse_pdu`), and `build_event`, which hashes and signs a new
+event. Must not: check signatures of received events (see `signing`) or authorise (see `auth`).
+
+Spec: server-server API PDU schemas (pdu_v6 for v10, pdu_v11, pdu_v12), "Size limits" of the
+client-server API, room version 12 room IDs (MSC4291).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from s2s_node.core.canonical import (
+    CanonicalJsonError,
+    JsonDict,
+    check_canonical_value,
+    encode_canonical_json_trusted,
+)
+from s2s_node.core.ids import (
+    MAX_ID_BYTES,
+    EventId,
+    IdError,
+    RoomId,
+    UserId,
+    create_event_id_from_room_id,
+    is_event_id,
+    parse_room_id,
+    parse_user_id,
+    room_id_from_create_event_id,
+)
+from s2s_node.core.keys import SigningKey
+from s2s_node.core.rules import RoomVersionRules
+from s2s_node.core.signing import add_hashes_and_signature, compute_event_id, redact
+
+# Whole event, canonical JSON of the federation form, signatures included.
+MAX_PDU_BYTES = 65_536
+# Lengths of `type` and `state_key` (as for identifiers).
+MAX_FIELD_BYTES = MAX_ID_BYTES
+MAX_PREV_EVENTS = 20
+MAX_AUTH_EVENTS = 10
+# Depth must stay within canonical JSON's integer range.
+MAX_DEPTH = 2**53 - 1
+
+
+class FormatReason(enum.Enum):
+    """Why an event does not have the format of its room version (the PDU is dropped)."""
+
+    NOT_OBJECT = "not_object"
+    NOT_CANONICAL = "not_canonical"
+    TOO_LARGE = "too_large"
+    MISSING_FIELD = "missing_field"
+    BAD_FIELD_TYPE = "bad_field_type"
+    FIELD_TOO_LONG = "field_too_long"
+    BAD_ID = "bad_id"
+    TOO_MANY_PREV_EVENTS = "too_many_prev_events"
+    TOO_MANY_AUTH_EVENTS = "too_many_auth_events"
+    CREATE_HAS_ROOM_ID = "create_has_room_id"
+    CREATE_IN_AUTH_EVENTS = "create_in_auth_events"
+    BAD_DEPTH = "bad_depth"
+    BAD_HASHES = "bad_hashes"
+    BAD_SIGNATURES = "bad_signatures"
+    ROOM_MISMATCH = "room_mismatch"
+
+
+class EventFormatError(ValueError):
+    """An event breaks the format rules of its room version."""
+
+    def __init__(self, reason: FormatReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pdu:
+    """A room event in federation form, format-checked, with its event ID.
+
+    `json` is the source of truth (the exact object that was signed, without `event_id` for
+    these room versions); the other fields are read from it once. Treat `json` and `content` as
+    read-only. `auth_event_ids` includes the implied create event in room version 12.
+    """
+
+    event_id: EventId
+    room_id: RoomId
+    rules: RoomVersionRules = field(repr=False)
+    type: str
+    state_key: str | None
+    sender: UserId
+    content: JsonDict
+    prev_events: tuple[EventId, ...]
+    auth_events: tuple[EventId, ...]
+    auth_event_ids: tuple[EventId, ...]
+    depth: int
+    origin_server_ts: int
+    json: JsonDict = field(repr=False, compare=False)
+
+    @property
+    def is_state(self) -> bool:
+        return self.state_key is not None
+
+    @property
+    def state_tuple(self) -> tuple[str, str] | None:
+        """`(type, state_key)` for a state event, else None."""
+        return None if self.state_key is None else (self.type, self.state_key)
+
+    @property
+    def membership(self) -> str | None:
+        """`content.membership` of a member event, if it is a string."""
+        value = self.content.get("membership")
+        return value if isinstance(value, str) else None
+
+    @property
+    def redacts(self) -> EventId | None:
+        """The target of an m.room.redaction (top level in v10, in content from v11)."""
+        if self.type != "m.room.redaction":
+            return None
+        value = (
+            self.content.get("redacts")
+            if self.rules.redacts_in_content
+            else self.json.get("redacts")
+        )
+        return EventId(value) if isinstance(value, str) else None
+
+    def canonical_bytes(self) -> bytes:
+        """Canonical JSON of the federation form (what is stored and sent)."""
+        return encode_canonical_json_trusted(self.json)
+
+    def redacted(self) -> Pdu:
+        """The redacted copy of this event (same event ID)."""
+        return _pdu_from_checked(redact(self.json, self.rules), self.rules, self.event_id)
+
+
+def _field_str(obj: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required or key in obj:
+            raise EventFormatError(
+                FormatReason.MISSING_FIELD if key not in obj else FormatReason.BAD_FIELD_TYPE,
+                f"`{key}` is missing" if key not in obj else f"`{key}` is null",
+            )
+        return None
+    if not isinstance(value, str):
+        raise EventFormatError(FormatReason.BAD_FIELD_TYPE, f"`{key}` is not a string")
+    return value
+
+
+def _field_int(obj: Mapping[str, Any], key: str) -> int:
+    value = obj.get(key)
+    if key not in obj:
+        raise EventFormatError(FormatReason.MISSING_FIELD, f"`{key}` is missing")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EventFormatError(FormatReason.BAD_FIELD_TYPE, f"`{key}` is not an integer")
+    return value
+
+
+def _event_id_list(obj: Mapping[str, Any], key: str, limit: int | None) -> tuple[EventId, ...]:
+    value = obj.get(key)
+    if key not in obj:
+        raise EventFormatError(FormatReason.MISSING_FIELD, f"`{key}` is missing")
+    if not isinstance(value, list):
+        raise EventFormatError(FormatReason.BAD_FIELD_TYPE, f"`{key}` is not a list")
+    if limit is not None and len(value) > limit:
+        reason = (
+            FormatReason.TOO_MANY_PREV_EVENTS
+            if key == "prev_events"
+            else FormatReason.TOO_MANY_AUTH_EVENTS
+        )
+        raise EventFormatError(reason, f"`{key}` has {len(value)} entries (at most {limit})")
+    for item in value:
+        if not is_event_id(item):
+            raise EventFormatError(FormatReason.BAD_ID, f"`{key}` has a bad event ID {item!r:.60}")
+    return tuple(value)
+
+
+def _check_length(value: str, key: str) -> None:
+    if len(value) > MAX_FIELD_BYTES or len(value.encode("utf-8")) > MAX_FIELD_BYTES:
+        raise EventFormatError(
+            FormatReason.FIELD_TOO_LONG, f"`{key}` is longer than {MAX_FIELD_BYTES} bytes"
+        )
+
+
+def check_event_format(
+    obj: object, rules: RoomVersionRules, *, check_counts: bool = True, check_values: bool = True
+) -> JsonDict:
+    """Raise `EventFormatError` unless `obj` has the PDU format of `rules`' room version.
+
+    `check_counts=False` skips the prev/auth event counts (backfill responses must not be held to
+    them). `check_values=False` skips the canonical-JSON value walk for objects that came through
+    the strict decoder already.
+    """
+    if not isinstance(obj, dict):
+        raise EventFormatError(FormatReason.NOT_OBJECT, "event is not a JSON object")
+    if check_values:
+        try:
+            check_canonical_value(obj)
+        except CanonicalJsonError as exc:
+            raise EventFormatError(FormatReason.NOT_CANONICAL, str(exc)) from None
+    size = len(encode_canonical_json_trusted(obj))
+    if size > MAX_PDU_BYTES:
+        raise EventFormatError(
+            FormatReason.TOO_LARGE, f"event is {size} bytes (at most {MAX_PDU_BYTES})"
+        )
+    return obj
+
+
+def parse_pdu(
+    obj: object,
+    rules: RoomVersionRules,
+    *,
+    event_id: EventId | None = None,
+    check_counts: bool = True,
+    check_values: bool = True,
+) -> Pdu:
+    """Check the format of an untrusted event and build a `Pdu`.
+
+    `event_id`, when the caller computed it already (e.g. while checking signatures), saves a
+    second hash. Signatures and hashes are not verified here.
+    """
+    checked = check_event_format(obj, rules, check_counts=check_counts, check_values=check_values)
+    return _parse_fields(checked, rules, event_id, check_counts=check_counts)
+
+
+def _parse_fields(
+    obj: JsonDict, rules: RoomVersionRules, event_id: EventId | None, *, check_counts: bool
+) -> Pdu:
+    event_type = _field_str(obj, "type")
+    assert event_type is not None
+    _check_length(event_type, "type")
+    sender_raw = _field_str(obj, "sender")
+    try:
+        sender = parse_user_id(sender_raw)
+    except IdError as exc:
+        raise EventFormatError(FormatReason.BAD_ID, f"`sender`: {exc}") from None
+    state_key = _field_str(obj, "state_key", required=False)
+    if state_key is not None:
+        _check_length(state_key, "state_key")
+    content = obj.get("content")
+    if not isinstance(content, dict):
+        raise EventFormatError(
+            FormatReason.MISSING_FIELD if "content" not in obj else FormatReason.BAD_FIELD_TYPE,
+            "`content` is not an object",
+        )
+    origin_server_ts = _field_int(obj, "origin_server_ts")
+    depth = _field_int(obj, "depth")
+    if not 0 <= depth <= MAX_DEPTH:
+        raise EventFormatError(FormatReason.BAD_DEPTH, f"depth {depth} is out of range")
+    hashes = obj.get("hashes")
+    if not isinstance(hashes, dict) or not isinstance(hashes.get("sha256"), str):
+        raise EventFormatError(FormatReason.BAD_HASHES, "`hashes.sha256` is missing")
+    signatures = obj.get("signatures")
+    if not isinstance(signatures, dict) or not all(
+        isinstance(v, dict) for v in signatures.values()
+    ):
+        raise EventFormatError(FormatReason.BAD_SIGNATURES, "`signatures` is not an object")
+    if "unsigned" in obj and not isinstance(obj["unsigned"], dict):
+        raise EventFormatError(FormatReason.BAD_FIELD_TYPE, "`unsigned` is not an object")
+    prev_events = _event_id_list(obj, "prev_events", MAX_PREV_EVENTS if check_counts else None)
+    auth_events = _event_id_list(obj, "auth_events", MAX_AUTH_EVENTS if check_counts else None)
+
+    is_create = event_type == "m.room.create" and state_key == ""
+    if event_id is None:
+        event_id = compute_event_id(obj, rules)
+    if rules.room_id_is_create_event_hash:
+        if is_create:
+            if "room_id" in obj:
+                raise EventFormatError(
+                    FormatReason.CREATE_HAS_ROOM_ID, "a v12 create event has no room_id"
+                )
+            room_id = room_id_from_create_event_id(event_id)
+            auth_event_ids: tuple[EventId, ...] = auth_events
+        else:
+            room_id = _parse_room(obj)
+            create_id = create_event_id_from_room_id(room_id)
+            if room_id[1:].find(":") >= 0:
+                raise EventFormatError(FormatReason.BAD_ID, "a v12 room ID has no server part")
+            if create_id in auth_events:
+                raise EventFormatError(
+                    FormatReason.CREATE_IN_AUTH_EVENTS,
+                    "v12 auth_events must not list the create event",
+                )
+            auth_event_ids = (create_id, *auth_events)
+    else:
+        room_id = _parse_room(obj)
+        auth_event_ids = auth_events
+    return Pdu(
+        event_id=event_id,
+        room_id=room_id,
+        rules=rules,
+        type=event_type,
+        state_key=state_key,
+        sender=sender,
+        content=content,
+        prev_events=prev_events,
+        auth_events=auth_events,
+        auth_event_ids=auth_event_ids,
+        depth=depth,
+        origin_server_ts=origin_server_ts,
+        json=obj,
+    )
+
+
+def _parse_room(obj: JsonDict) -> RoomId:
+    raw = _field_str(obj, "room_id")
+    try:
+        return parse_room_id(raw)
+    except IdError as exc:
+        raise EventFormatError(FormatReason.BAD_ID, f"`room_id`: {exc}") from None
+
+
+def _pdu_from_checked(obj: JsonDict, rules: RoomVersionRules, event_id: EventId) -> Pdu:
+    return _parse_fields(obj, rules, event_id, check_counts=False)
+
+
+def build_event(
+    *,
+    rules: RoomVersionRules,
+    room_id: str | None,
+    sender: str,
+    event_type: str,
+    content: Mapping[str, Any],
+    prev_events: Sequence[str],
+    auth_events: Sequence[str],
+    depth: int,
+    origin_server_ts: int,
+    server_name: str,
+    signing_key: SigningKey,
+    state_key: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Pdu:
+    """Build, hash and sign a new event, and check it as a receiver would.
+
+    `room_id` is None only for a v12 create event. `auth_events` are the IDs as they go on the
+    wire (in v12 without the create event). `extra` adds top-level keys (e.g. v10 `redacts`).
+    """
+    obj: JsonDict = {
+        "type": event_type,
+        "sender": sender,
+        "content": dict(content),
+        "prev_events": list(prev_events),
+        "auth_events": list(auth_events),
+        "depth": depth,
+        "origin_server_ts": origin_server_ts,
+    }
+    if room_id is not None:
+        obj["room_id"] = room_id
+    if state_key is not None:
+        obj["state_key"] = state_key
+    if extra:
+        obj.update(extra)
+    signed = add_hashes_and_signature(obj, rules, server_name, signing_key)
+    return parse_pdu(signed, rules)

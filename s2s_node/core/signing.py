@@ -1,0 +1,376 @@
+"""Signing and verifying JSON and events; content hashes, reference hashes and redaction.
+
+Owns: the JSON-signing algorithm, the event content hash, the reference hash (the event ID of
+room versions >= 4), the redaction algorithms of room versions 10 and 11/12, and the check of
+which servers must have signed an event. Never mutates its inputs: every function that "adds"
+something returns a new object. Keys come from an injected `KeyLookup`, so the same code serves
+keys derived from node identifiers (the node) and explicit keys (tools, tests).
+
+Spec: appendices "Signing JSON" and "Checking for a signature"; server-server API "Signing
+events", "Calculating the content hash", "Calculating the reference hash"; redaction rules in
+rooms/fragments/v9-redactions.md (v10) and v11-redactions.md (v11, v12).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.exceptions
+import nacl.signing
+
+from s2s_node.core.canonical import (
+    Base64Error,
+    JsonDict,
+    decode_base64,
+    encode_base64,
+    encode_base64_urlsafe,
+    encode_canonical_json,
+    encode_canonical_json_trusted,
+)
+from s2s_node.core.ids import EventId, ServerName, server_of
+from s2s_node.core.keys import KEY_ID, IdentityError, SigningKey, verify_key_from_identifier
+from s2s_node.core.rules import RoomVersionRules
+
+# (server name, key ID) -> verify key, or None when the key is unknown.
+KeyLookup = Callable[[str, str], "nacl.signing.VerifyKey | None"]
+
+
+class SignatureReason(enum.Enum):
+    """Why a signature check failed."""
+
+    NO_SIGNATURES = "no_signatures"  # `signatures` missing or not an object
+    MISSING_SIGNATURE = "missing_signature"  # nothing from a server that must sign
+    UNKNOWN_KEY = "unknown_key"  # no usable ed25519 key of that server is known
+    BAD_ENCODING = "bad_encoding"  # the signature is not base64 of 64 bytes
+    BAD_SIGNATURE = "bad_signature"  # the signature does not verify
+
+
+class SignatureError(ValueError):
+    """A JSON object or an event is not (validly) signed by a server that must sign it."""
+
+    def __init__(self, reason: SignatureReason, server: str, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.server = server
+        self.detail = detail
+
+
+# ----------------------------------------------------------------------------------------------
+# Key lookups
+
+
+class KeyRing:
+    """A `KeyLookup`: explicit keys first, then (optionally) keys derived from identifiers.
+
+    Derived keys follow DESIGN.md section 3: the key `ed25519:1` of a node identifier is the key
+    the identifier encodes. Results are memoised, since verification is a hot path.
+    """
+
+    def __init__(
+        self,
+        explicit: Mapping[str, Mapping[str, bytes]] | None = None,
+        *,
+        derive: bool = True,
+    ) -> None:
+        self._cache: dict[tuple[str, str], nacl.signing.VerifyKey | None] = {}
+        self._derive = derive
+        for server, keys in (explicit or {}).items():
+            for key_id, raw in keys.items():
+                self._cache[(server, key_id)] = nacl.signing.VerifyKey(raw)
+
+    def __call__(self, server: str, key_id: str) -> nacl.signing.VerifyKey | None:
+        cache_key = (server, key_id)
+        try:
+            return self._cache[cache_key]
+        except KeyError:
+            pass
+        found: nacl.signing.VerifyKey | None = None
+        if self._derive and key_id == KEY_ID:
+            try:
+                found = verify_key_from_identifier(server)
+            except IdentityError:
+                found = None
+        self._cache[cache_key] = found
+        return found
+
+
+derived_keys: KeyLookup = KeyRing()
+"""The node's lookup: the key of every node identifier, derived from the identifier."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Signing JSON
+
+
+def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in keys}
+
+
+def sign_json(obj: Mapping[str, Any], server_name: str, key: SigningKey) -> JsonDict:
+    """Return a copy of `obj` with a signature by `server_name`'s `key` added.
+
+    Existing signatures (by anyone) and `unsigned` are kept unchanged.
+    """
+    message = encode_canonical_json(_without(obj, "signatures", "unsigned"))
+    signature = encode_base64(key.sign(message))
+    signed = dict(obj)
+    old = obj.get("signatures")
+    signatures: dict[str, Any] = {
+        k: dict(v) if isinstance(v, Mapping) else v
+        for k, v in (old.items() if isinstance(old, Mapping) else ())
+    }
+    signatures.setdefault(server_name, {})[key.key_id] = signature
+    signed["signatures"] = signatures
+    return signed
+
+
+def check_json_signature(
+    obj: Mapping[str, Any], server_name: str, keys: KeyLookup, *, message: bytes | None = None
+) -> None:
+    """Raise `SignatureError` unless `obj` carries a valid signature by `server_name`.
+
+    Key IDs of unknown algorithms and keys the lookup does not know are skipped; at least one
+    known ed25519 key must remain, and every remaining signature must verify. `message`, when
+    given, is the canonical JSON of `obj` without `signatures` and `unsigned` (saves re-encoding).
+    """
+    signatures = obj.get("signatures")
+    if not isinstance(signatures, Mapping):
+        raise SignatureError(SignatureReason.NO_SIGNATURES, server_name, "no signatures object")
+    by_server = signatures.get(server_name)
+    if not isinstance(by_server, Mapping) or not by_server:
+        raise SignatureError(
+            SignatureReason.MISSING_SIGNATURE, server_name, f"not signed by {server_name}"
+        )
+    checked = 0
+    for key_id, signature_b64 in by_server.items():
+        if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
+            continue
+        verify_key = keys(server_name, key_id)
+        if verify_key is None:
+            continue
+        try:
+            if not isinstance(signature_b64, str):
+                raise Base64Error("not a string")
+            signature = decode_base64(signature_b64)
+        except Base64Error:
+            raise SignatureError(
+                SignatureReason.BAD_ENCODING,
+                server_name,
+                f"signature {key_id} of {server_name} is not base64",
+            ) from None
+        if len(signature) != 64:
+            raise SignatureError(
+                SignatureReason.BAD_ENCODING,
+                server_name,
+                f"signature {key_id} of {server_name} is not 64 bytes",
+            )
+        if message is None:
+            message = encode_canonical_json(_without(obj, "signatures", "unsigned"))
+        try:
+            verify_key.verify(message, signature)
+        except nacl.exceptions.BadSignatureError:
+            raise SignatureError(
+                SignatureReason.BAD_SIGNATURE,
+                server_name,
+                f"signature {key_id} of {server_name} does not verify",
+            ) from None
+        checked += 1
+    if checked == 0:
+        raise SignatureError(
+            SignatureReason.UNKNOWN_KEY, server_name, f"no known ed25519 key of {server_name}"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Redaction
+
+_TOP_LEVEL_KEPT = frozenset(
+    {
+        "event_id",
+        "type",
+        "room_id",
+        "sender",
+        "state_key",
+        "content",
+        "hashes",
+        "signatures",
+        "depth",
+        "prev_events",
+        "auth_events",
+        "origin_server_ts",
+    }
+)
+_TOP_LEVEL_KEPT_LEGACY = _TOP_LEVEL_KEPT | {"origin", "membership", "prev_state"}
+
+_CONTENT_KEPT_V10: dict[str, frozenset[str]] = {
+    "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
+    "m.room.create": frozenset({"creator"}),
+    "m.room.join_rules": frozenset({"join_rule", "allow"}),
+    "m.room.power_levels": frozenset(
+        {"ban", "events", "events_default", "kick", "redact", "state_default", "users"}
+        | {"users_default"}
+    ),
+    "m.room.history_visibility": frozenset({"history_visibility"}),
+}
+_CONTENT_KEPT_V11: dict[str, frozenset[str]] = {
+    **_CONTENT_KEPT_V10,
+    "m.room.power_levels": _CONTENT_KEPT_V10["m.room.power_levels"] | {"invite"},
+    "m.room.redaction": frozenset({"redacts"}),
+}
+
+
+def redact(event: Mapping[str, Any], rules: RoomVersionRules) -> JsonDict:
+    """The redacted form of `event` under `rules` (a new dict; the input is not changed)."""
+    kept_top = (
+        _TOP_LEVEL_KEPT_LEGACY
+        if rules.redaction_keeps_origin_membership_prev_state
+        else _TOP_LEVEL_KEPT
+    )
+    redacted: JsonDict = {k: v for k, v in event.items() if k in kept_top}
+    if "content" not in event:
+        return redacted
+    content = event["content"]
+    event_type = event.get("type")
+    if not isinstance(content, Mapping):
+        redacted["content"] = {}
+        return redacted
+    if event_type == "m.room.create" and rules.redaction_keeps_all_create_content:
+        redacted["content"] = dict(content)
+        return redacted
+    table = _CONTENT_KEPT_V11 if rules.redaction_keeps_redacts else _CONTENT_KEPT_V10
+    kept_content = table.get(event_type, frozenset()) if isinstance(event_type, str) else ()
+    new_content: JsonDict = {k: v for k, v in content.items() if k in kept_content}
+    if (
+        event_type == "m.room.member"
+        and rules.redaction_keeps_third_party_invite_signed
+        and "third_party_invite" in content
+    ):
+        invite = content["third_party_invite"]
+        # UNCONFIRMED in the spec; as Synapse: an object without `signed` becomes {}, and a
+        # non-object is dropped.
+        if isinstance(invite, Mapping):
+            new_content["third_party_invite"] = (
+                {"signed": invite["signed"]} if "signed" in invite else {}
+            )
+    redacted["content"] = new_content
+    return redacted
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashes and event IDs
+
+
+def compute_content_hash(event: Mapping[str, Any]) -> bytes:
+    """SHA-256 of the canonical JSON of the event without `unsigned`, `signatures`, `hashes`."""
+    return hashlib.sha256(
+        encode_canonical_json_trusted(_without(event, "unsigned", "signatures", "hashes"))
+    ).digest()
+
+
+def encode_signing_bytes(event: Mapping[str, Any], rules: RoomVersionRules) -> bytes:
+    """Canonical JSON of the redacted event without `signatures` and `unsigned`.
+
+    These bytes are both what the servers sign and what the reference hash is taken of.
+    """
+    redacted = redact(event, rules)
+    redacted.pop("signatures", None)
+    redacted.pop("unsigned", None)
+    return encode_canonical_json_trusted(redacted)
+
+
+def compute_reference_hash(event: Mapping[str, Any], rules: RoomVersionRules) -> bytes:
+    """SHA-256 of the redacted event without signatures and unsigned."""
+    return hashlib.sha256(encode_signing_bytes(event, rules)).digest()
+
+
+def compute_event_id(event: Mapping[str, Any], rules: RoomVersionRules) -> EventId:
+    """`$` + URL-safe unpadded base64 of the reference hash (room versions >= 4)."""
+    return EventId("$" + encode_base64_urlsafe(compute_reference_hash(event, rules)))
+
+
+def is_content_hash_valid(event: Mapping[str, Any]) -> bool:
+    """True if `hashes.sha256` matches the event's content hash."""
+    hashes = event.get("hashes")
+    if not isinstance(hashes, Mapping):
+        return False
+    claimed = hashes.get("sha256")
+    if not isinstance(claimed, str):
+        return False
+    try:
+        return decode_base64(claimed) == compute_content_hash(event)
+    except Base64Error:
+        return False
+
+
+def add_hashes_and_signature(
+    event: Mapping[str, Any], rules: RoomVersionRules, server_name: str, key: SigningKey
+) -> JsonDict:
+    """Return the event with its content hash set and signed by `server_name` (outgoing path).
+
+    1. content hash over the full event; 2. redact a copy; 3. sign the redacted copy and copy
+    the signature onto the full event.
+    """
+    hashed: JsonDict = dict(event)
+    hashed["hashes"] = {"sha256": encode_base64(compute_content_hash(hashed))}
+    message = encode_canonical_json(_without(redact(hashed, rules), "signatures", "unsigned"))
+    signatures: dict[str, Any] = {
+        k: dict(v)
+        for k, v in _as_mapping(hashed.get("signatures")).items()
+        if isinstance(v, Mapping)
+    }
+    signatures.setdefault(server_name, {})[key.key_id] = encode_base64(key.sign(message))
+    hashed["signatures"] = signatures
+    return hashed
+
+
+def _as_mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def required_signers(event: Mapping[str, Any]) -> list[ServerName]:
+    """Servers whose signature an event needs (room versions >= 3).
+
+    The sender's server, and for a member event naming `join_authorised_via_users_server`, that
+    user's server too (auth rule "member 2": the authorising server of a restricted join).
+    """
+    sender = event.get("sender")
+    servers = [server_of(sender)] if isinstance(sender, str) else []
+    if event.get("type") == "m.room.member":
+        content = event.get("content")
+        if isinstance(content, Mapping):
+            via = content.get("join_authorised_via_users_server")
+            if isinstance(via, str) and ":" in via and server_of(via) not in servers:
+                servers.append(server_of(via))
+    return servers
+
+
+@dataclass(frozen=True, slots=True)
+class EventCheck:
+    """What `check_event` found: the event ID and whether the content hash matched."""
+
+    event_id: EventId
+    hash_ok: bool
+
+
+def check_event(
+    event: Mapping[str, Any],
+    rules: RoomVersionRules,
+    keys: KeyLookup,
+    *,
+    signers: list[ServerName] | None = None,
+) -> EventCheck:
+    """Verify an incoming event: signatures of every required server, then the content hash.
+
+    Raises `SignatureError` when a required signature is missing or invalid (the event must be
+    dropped). A hash mismatch is reported, not raised: the receiver then keeps the redacted
+    copy. The event ID comes from the same bytes the signatures cover.
+    """
+    message = encode_signing_bytes(event, rules)
+    event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
+    for server in required_signers(event) if signers is None else signers:
+        check_json_signature(event, server, keys, message=message)
+    return EventCheck(event_id=event_id, hash_ok=is_content_hash_valid(event))
