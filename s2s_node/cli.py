@@ -1,0 +1,240 @@
+"""The `s2s-node` command. The only module that prints.
+
+Exit status: 0 success, 1 when the answer is "no" (a check failed), 2 bad usage or input.
+Design: DESIGN.md section 11 (interfaces other people script against).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from s2s_node import __version__
+from s2s_node.config import ConfigError, load_config
+from s2s_node.datadir import DataDirError, create_signing_key, load_signing_key, resolve_data_dir
+from s2s_node.debugfiles import InputError
+
+EXIT_OK = 0
+EXIT_NO = 1
+EXIT_USAGE = 2
+
+EPILOG = """\
+examples:
+  s2s-node init                          create the data dir and key, print the identifier
+  s2s-node id --data-dir /tmp/n1         print the identifier of that node
+  s2s-node debug check room.json         verify hashes, signatures and auth of each event
+  s2s-node debug resolve room.json.gz    state resolution over the file's state_sets
+  s2s-node debug replay room.json --at '$ev'   state after one event of a DAG
+"""
+
+
+class UsageError(Exception):
+    """Bad command-line usage or input; exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"s2s-node: error: {message}\n")
+
+
+def _add_data_dir(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Accepted before or after the subcommand; the subcommand's value wins.
+    default = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=default,
+        help="data directory (default: the config's data_dir, else $XDG_DATA_HOME/s2s-node"
+        " or ~/.local/share/s2s-node)",
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", default=default, help="TOML config (see node.example.toml)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="s2s-node",
+        description="A peer-to-peer Matrix node for server-to-server rooms (MSC3348).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"s2s-node {__version__}")
+    _add_data_dir(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    init = commands.add_parser(
+        "init",
+        help="create the data directory and the node's key; print the identifier",
+        description=(
+            "Create the data directory and the node's ed25519 key (mode 0600), then print the"
+            " node identifier. An existing key is never overwritten: init on an initialised"
+            " directory prints the same identifier again."
+        ),
+        epilog="example:\n  s2s-node init --data-dir /tmp/n1",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_dir(init, top=False)
+    init.add_argument("--json", action="store_true", help="print {identifier, server_user}")
+
+    ident = commands.add_parser(
+        "id",
+        help="print this node's identifier",
+        description="Print the node identifier (the base32 of its verify key).",
+        epilog="example:\n  s2s-node id --json",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_dir(ident, top=False)
+    ident.add_argument("--json", action="store_true", help="print a JSON object")
+
+    debug = commands.add_parser(
+        "debug",
+        help="work on event files (no node needed)",
+        description="Tools that read event files; no running node is needed.",
+    )
+    _add_data_dir(debug, top=False)
+    tools = debug.add_subparsers(dest="tool", metavar="TOOL", parser_class=_Parser)
+
+    check = tools.add_parser(
+        "check",
+        help="verify hash, event ID, signatures and auth of each event in a file",
+        description=(
+            "Read a JSON (or gzip JSON) file of PDUs — a bare list, or"
+            ' {"room_version", "events", "signing_keys": {server: {key_id: base64}}} — and'
+            " print one JSON object per event, in file order: event_id, hash_ok,"
+            ' signature_ok, auth ("allow" or "reject" against the event\'s own auth events; an'
+            " event rejected earlier counts as rejected when later events cite it) and a"
+            " reason when something fails. Without signing_keys, keys are derived from node"
+            " identifiers. Exit status 1 if any event fails."
+        ),
+        epilog="example:\n  s2s-node debug check room.json | jq -c 'select(.auth != \"allow\")'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    check.add_argument("file")
+    check.add_argument("--room-version", help="room version if the file does not say")
+
+    resolve = tools.add_parser(
+        "resolve",
+        help="run state resolution over the state sets of a file",
+        description=(
+            'Input: {"room_version", "events": [PDUs], "state_sets": [...]} (gzip accepted),'
+            " each state set a list of event IDs or of [type, state_key, event_id] triples."
+            ' Prints {"resolved_state": [[type, state_key, event_id], ...]} sorted.'
+            " --repeat N resolves N times (events parsed once beforehand) and adds"
+            " resolve_median_s."
+        ),
+        epilog="example:\n  s2s-node debug resolve v12-s1000-c100-k2.json.gz --repeat 7",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    resolve.add_argument("file")
+    resolve.add_argument("--repeat", type=int, default=0, metavar="N")
+    resolve.add_argument("--room-version", help="room version if the file does not say")
+
+    replay = tools.add_parser(
+        "replay",
+        help="walk a DAG and print the state after an event or at the extremities",
+        description=(
+            "Add the file's events to a room graph in causal order (prev_events and"
+            " auth_events first), resolving state at every merge and applying the"
+            " authorisation rules, then print the state after --at EVENT_ID, or the resolved"
+            ' state of the forward extremities: {"resolved_state": [[type, state_key,'
+            " event_id], ...]}. Signatures are not checked here (see `debug check`)."
+        ),
+        epilog="example:\n  s2s-node debug replay room.json --at '$abc...'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    replay.add_argument("file")
+    replay.add_argument("--at", metavar="EVENT_ID")
+    replay.add_argument("--room-version", help="room version if the file does not say")
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    if args.data_dir is not None:
+        return resolve_data_dir(args.data_dir)
+    config = load_config(args.config) if args.config is not None else None
+    return resolve_data_dir(config.data_dir if config is not None else None)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    data_dir = _data_dir(args)
+    key, created = create_signing_key(data_dir)
+    if args.json:
+        _print_json({"identifier": key.identifier, "server_user": f"@:{key.identifier}"})
+    else:
+        sys.stdout.write(f"{key.identifier}\n")
+    what = "created" if created else "already had"
+    sys.stderr.write(f"s2s-node: {what} the key in {data_dir}\n")
+    return EXIT_OK
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    key = load_signing_key(_data_dir(args))
+    if args.json:
+        _print_json({"identifier": key.identifier, "server_user": f"@:{key.identifier}"})
+    else:
+        sys.stdout.write(f"{key.identifier}\n")
+    return EXIT_OK
+
+
+def cmd_debug(args: argparse.Namespace) -> int:
+    # The debug tools pull in the whole core; loaded on demand to keep `init`/`id` quick.
+    from s2s_node import debugtools  # noqa: PLC0415
+
+    if args.tool == "check":
+        results = debugtools.check_file(args.file, room_version=args.room_version)
+        failed = 0
+        for result in results:
+            _print_json(result)
+            ok = result.get("hash_ok") and result.get("signature_ok")
+            if not ok or result.get("auth") != "allow":
+                failed += 1
+        sys.stderr.write(f"s2s-node: {len(results)} events, {failed} failed\n")
+        return EXIT_NO if failed else EXIT_OK
+    if args.tool == "resolve":
+        if args.repeat < 0:
+            raise UsageError("--repeat must be 0 or more")
+        _print_json(
+            debugtools.resolve_file(args.file, repeat=args.repeat, room_version=args.room_version)
+        )
+        return EXIT_OK
+    if args.tool == "replay":
+        _print_json(debugtools.replay_file(args.file, at=args.at, room_version=args.room_version))
+        return EXIT_OK
+    raise UsageError("debug needs a tool: check, resolve or replay (see s2s-node debug --help)")
+
+
+COMMANDS = {"init": cmd_init, "id": cmd_id, "debug": cmd_debug}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, InputError, DataDirError, ConfigError) as exc:
+        sys.stderr.write(f"s2s-node: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
