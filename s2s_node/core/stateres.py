@@ -73,7 +73,9 @@ def resolve(
 
     `auth_chains` must know every event of the state sets and their auth chains (built from
     `Pdu.auth_event_ids`, so the implied v12 create event is in them). `get_event` must return
-    every event of the full conflicted set and their direct auth events. `is_rejected` says
+    any event of the state sets or of their auth chains; it is asked only for the full
+    conflicted set, their direct auth events and state events they are checked against.
+    `is_rejected` says
     which events were rejected: they are never used as auth events, but are otherwise handled
     as usual (spec "Rejected events"; see `_iterative_auth_checks`).
 
@@ -359,17 +361,19 @@ def _iterative_auth_checks(
     spec, never admits a previously rejected event here.
     """
     state = base_state
+    check_rejected = is_rejected is not _never_rejected
     for event in events:
         auth_state: dict[StateKey, Pdu] = {}
         for auth_id in event.auth_event_ids:
-            if not is_rejected(auth_id):
-                auth_event = get_event(auth_id)
-                key = auth_event.state_tuple
-                if key is not None:
-                    auth_state[key] = auth_event
+            if check_rejected and is_rejected(auth_id):
+                continue
+            auth_event = get_event(auth_id)
+            key = auth_event.state_tuple
+            if key is not None:
+                auth_state[key] = auth_event
         for key in compute_auth_keys(event):
             state_id = state.get(key)
-            if state_id is not None and not is_rejected(state_id):
+            if state_id is not None and not (check_rejected and is_rejected(state_id)):
                 auth_state[key] = get_event(state_id)
         try:
             check_auth(event, auth_state)
