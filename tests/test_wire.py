@@ -39,10 +39,10 @@ json_values = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(MIN_SAFE_INTEGER, MAX_SAFE_INTEGER)
-    | st.text(st.characters(exclude_categories=("Cs",))),
+    | st.text(st.characters(codec="utf-8")),
     lambda children: (
         st.lists(children, max_size=5)
-        | st.dictionaries(st.text(st.characters(exclude_categories=("Cs",))), children, max_size=5)
+        | st.dictionaries(st.text(st.characters(codec="utf-8")), children, max_size=5)
     ),
     max_leaves=30,
 )
