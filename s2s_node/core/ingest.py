@@ -1,0 +1,247 @@
+"""The receive pipeline: one untrusted PDU in, one `Verdict` out.
+
+Owns: running the checks on receipt of a PDU in the spec's order, turning failures into
+verdicts (`ingest_pdu`), and ordering a batch whose events cite each other (`ingest_batch`).
+Checks 1-3 are here; checks 4-6 are `RoomGraph.add`. Must not: raise for a bad event (a
+pipeline returns verdicts), fetch anything, or do I/O.
+
+Spec: server-server API "Checks performed on receipt of a PDU" (digest 8.3); DESIGN.md
+section 2 (receive path).
+
+Missing events (decision): an event whose prev_events or auth_events the graph does not have
+is not evaluated. Its verdict has the distinct outcome `DEFERRED` with reason `MISSING_EVENTS`
+and `missing` listing the IDs to fetch (`get_missing_events`, `/event`); the shell fetches them
+and submits the event again. It is neither dropped nor stored. In a batch, events that arrive
+before their prev/auth events in the same batch are retried once those are in the graph, so
+only events that still miss something after the whole batch are `DEFERRED`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from s2s_node.core.auth import AuthRule
+from s2s_node.core.events import EventFormatError, Pdu, parse_pdu
+from s2s_node.core.ids import EventId
+from s2s_node.core.room import (
+    Admission,
+    EventStatus,
+    MissingEventsError,
+    ReceiptCheck,
+    RoomGraph,
+    RoomMismatchError,
+    RoomStore,
+)
+from s2s_node.core.rules import UnsupportedRoomVersionError, rules_for
+from s2s_node.core.signing import KeyLookup, SignatureError, check_event
+
+
+class Outcome(enum.Enum):
+    """What became of a received PDU (digest 8.3, "Outcomes")."""
+
+    ACCEPTED = "accepted"
+    SOFT_FAILED = "soft_failed"
+    REJECTED = "rejected"
+    DROPPED = "dropped"  # as if never received; nothing is stored
+    DEFERRED = "deferred"  # not evaluated: fetch `Verdict.missing`, then submit it again
+
+
+class VerdictReason(enum.Enum):
+    """Which check decided the outcome (None on a plain acceptance)."""
+
+    FORMAT = "format"  # step 1 -> dropped
+    SIGNATURE = "signature"  # step 2 -> dropped
+    WRONG_ROOM = "wrong_room"  # not an event of this room -> dropped
+    UNKNOWN_ROOM_VERSION = "unknown_room_version"  # a create event of an unsupported version
+    AUTH_EVENTS = "auth_events"  # step 4 -> rejected
+    AUTH_STATE_BEFORE = "auth_state_before"  # step 5 -> rejected
+    AUTH_CURRENT_STATE = "auth_current_state"  # step 6 -> soft-failed
+    MISSING_EVENTS = "missing_events"  # prev/auth events unknown -> deferred
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """The pipeline's answer for one PDU.
+
+    `redacted` is not a failure: the content hash did not match, so the redacted copy was
+    processed and stored (step 3). `duplicate` says the event was in the graph already; its
+    stored outcome is repeated and nothing changed. `event_id` is None only when the input is
+    too malformed to compute one.
+    """
+
+    outcome: Outcome
+    reason: VerdictReason | None = None
+    event_id: EventId | None = None
+    rule: AuthRule | None = None
+    redacted: bool = False
+    duplicate: bool = False
+    missing: tuple[EventId, ...] = ()
+    detail: str = ""
+
+
+_OUTCOME_OF_STATUS = {
+    EventStatus.ACCEPTED: Outcome.ACCEPTED,
+    EventStatus.SOFT_FAILED: Outcome.SOFT_FAILED,
+    EventStatus.REJECTED: Outcome.REJECTED,
+}
+_REASON_OF_CHECK = {
+    ReceiptCheck.AUTH_EVENTS: VerdictReason.AUTH_EVENTS,
+    ReceiptCheck.STATE_BEFORE: VerdictReason.AUTH_STATE_BEFORE,
+    ReceiptCheck.CURRENT_STATE: VerdictReason.AUTH_CURRENT_STATE,
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Checked:
+    """A PDU that passed steps 1-3 (possibly redacted), ready for the graph."""
+
+    pdu: Pdu
+    redacted: bool
+
+
+def ingest_pdu(obj: object, graph: RoomGraph, keys: KeyLookup) -> Verdict:
+    """Run every check on receipt of `obj` (an untrusted decoded PDU) for `graph`'s room."""
+    checked = _check_received(obj, graph, keys)
+    if isinstance(checked, Verdict):
+        return checked
+    try:
+        return _add(checked, graph)
+    except MissingEventsError as exc:
+        return _deferred(checked, exc)
+
+
+def ingest_batch(objs: Iterable[object], graph: RoomGraph, keys: KeyLookup) -> list[Verdict]:
+    """`ingest_pdu` for each PDU of a batch (e.g. a transaction), verdicts in input order.
+
+    Keeps going past bad events. An event citing events that come later in the batch waits
+    for them and is retried as soon as they are in the graph (whatever their outcome).
+    """
+    items = list(objs)
+    verdicts: list[Verdict | None] = [None] * len(items)
+    checked: dict[int, _Checked] = {}
+    for i, obj in enumerate(items):
+        result = _check_received(obj, graph, keys)
+        if isinstance(result, Verdict):
+            verdicts[i] = result
+        else:
+            checked[i] = result
+    in_batch = {c.pdu.event_id for c in checked.values()}
+    waiting: dict[EventId, list[int]] = {}  # missing event ID -> batch positions waiting on it
+    last_missing: dict[int, MissingEventsError] = {}
+    queue = deque(sorted(checked))
+    while queue:
+        i = queue.popleft()
+        item = checked[i]
+        try:
+            verdicts[i] = _add(item, graph)
+        except MissingEventsError as exc:
+            last_missing[i] = exc
+            awaited = next((m for m in exc.missing if m in in_batch and m not in graph), None)
+            if awaited is not None:
+                waiting.setdefault(awaited, []).append(i)
+            continue
+        last_missing.pop(i, None)
+        queue.extend(waiting.pop(item.pdu.event_id, ()))
+    for i, error in last_missing.items():
+        verdicts[i] = _deferred(checked[i], error)
+    assert all(v is not None for v in verdicts)
+    return [v for v in verdicts if v is not None]
+
+
+def ingest_create_event(
+    obj: object, keys: KeyLookup, store: RoomStore | None = None
+) -> tuple[Verdict, RoomGraph | None]:
+    """Start a room graph from its create event (version from `content.room_version`).
+
+    Returns the verdict and, unless the event was dropped, the new graph holding it. An
+    unsupported or absent room version drops it with `UNKNOWN_ROOM_VERSION`.
+    """
+    content = obj.get("content") if isinstance(obj, dict) else None
+    version = content.get("room_version") if isinstance(content, dict) else None
+    try:
+        rules = rules_for(version)
+    except UnsupportedRoomVersionError as exc:
+        return _dropped(VerdictReason.UNKNOWN_ROOM_VERSION, None, str(exc)), None
+    try:
+        pdu = parse_pdu(obj, rules)
+    except EventFormatError as exc:
+        return _dropped(VerdictReason.FORMAT, None, str(exc)), None
+    if pdu.state_tuple != ("m.room.create", ""):
+        return _dropped(VerdictReason.WRONG_ROOM, pdu.event_id, "not a create event"), None
+    graph = RoomGraph(rules, pdu.room_id, store)
+    verdict = ingest_pdu(obj, graph, keys)
+    return verdict, (None if verdict.outcome is Outcome.DROPPED else graph)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_received(obj: object, graph: RoomGraph, keys: KeyLookup) -> _Checked | Verdict:
+    """Steps 1-3, the room check, and the duplicate check."""
+    # Step 1: the format of the graph's room version; otherwise drop.
+    try:
+        pdu = parse_pdu(obj, graph.rules)
+    except EventFormatError as exc:
+        return _dropped(VerdictReason.FORMAT, None, str(exc))
+    if pdu.room_id != graph.room_id:
+        return _dropped(
+            VerdictReason.WRONG_ROOM, pdu.event_id, f"{pdu.room_id} is not {graph.room_id}"
+        )
+    admission = graph.admission(pdu.event_id)
+    if admission is not None:
+        # Same event ID, hence the same redacted event and content hash, as the copy stored
+        # after its checks: nothing to do.
+        return _verdict(admission, redacted=False, duplicate=True)
+    # Step 2: the signatures of the sender's server (and of a restricted join's authoriser);
+    # otherwise drop.
+    try:
+        check = check_event(pdu.json, graph.rules, keys)
+    except SignatureError as exc:
+        return _dropped(VerdictReason.SIGNATURE, pdu.event_id, str(exc))
+    # Step 3: on a content-hash mismatch, go on with the redacted copy.
+    if not check.hash_ok:
+        return _Checked(pdu=pdu.redacted(), redacted=True)
+    return _Checked(pdu=pdu, redacted=False)
+
+
+def _add(checked: _Checked, graph: RoomGraph) -> Verdict:
+    """Steps 4-6 (raises `MissingEventsError`)."""
+    known = graph.admission(checked.pdu.event_id)
+    if known is not None:  # the same event twice in one batch
+        return _verdict(known, redacted=False, duplicate=True)
+    try:
+        admission = graph.add(checked.pdu)
+    except RoomMismatchError as exc:
+        return _dropped(VerdictReason.WRONG_ROOM, checked.pdu.event_id, str(exc))
+    return _verdict(admission, redacted=checked.redacted, duplicate=False)
+
+
+def _verdict(admission: Admission, *, redacted: bool, duplicate: bool) -> Verdict:
+    check = admission.failed_check
+    return Verdict(
+        outcome=_OUTCOME_OF_STATUS[admission.status],
+        reason=None if check is None else _REASON_OF_CHECK[check],
+        event_id=admission.event_id,
+        rule=admission.rule,
+        redacted=redacted,
+        duplicate=duplicate,
+        detail=admission.detail,
+    )
+
+
+def _dropped(reason: VerdictReason, event_id: EventId | None, detail: str) -> Verdict:
+    return Verdict(outcome=Outcome.DROPPED, reason=reason, event_id=event_id, detail=detail)
+
+
+def _deferred(checked: _Checked, exc: MissingEventsError) -> Verdict:
+    return Verdict(
+        outcome=Outcome.DEFERRED,
+        reason=VerdictReason.MISSING_EVENTS,
+        event_id=checked.pdu.event_id,
+        redacted=checked.redacted,
+        missing=exc.missing,
+        detail=str(exc),
+    )

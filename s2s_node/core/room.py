@@ -1,0 +1,608 @@
+"""The event graph of one room: each event's status, the state before and after it, the
+forward extremities and the current state.
+
+Owns: `RoomGraph` (receipt checks 4 to 6 of a PDU that already passed format, signature and
+hash checks, and building new events on top of the forward extremities), the storage protocol
+it works over (`RoomStore`), an in-memory store (`MemoryRoomStore`) and the shared state maps
+that keep rooms of 10,000+ events small (`StateSnapshot`). Must not: check formats, signatures
+or hashes (see `ingest`), fetch missing events (the shell does that after a
+`MissingEventsError`), or do I/O.
+
+Spec: server-server API "Checks performed on receipt of a PDU" (steps 4-6; digest 8.3),
+"Soft failure", state before/after an event (digest 6.1, 6.5), prev_events and depth (digest
+3.5).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from math import isqrt
+from typing import Any, Protocol
+
+from s2s_node.core.auth import (
+    AuthError,
+    AuthRule,
+    StateKey,
+    check_auth,
+    check_auth_events,
+    compute_auth_keys,
+    select_auth_events,
+)
+from s2s_node.core.authchain import AuthChainIndex
+from s2s_node.core.events import MAX_DEPTH, MAX_PREV_EVENTS, Pdu, build_event
+from s2s_node.core.ids import EventId, RoomId
+from s2s_node.core.keys import SigningKey
+from s2s_node.core.rules import RoomVersionRules
+from s2s_node.core.stateres import resolve
+
+StateIds = Mapping[StateKey, EventId]
+
+
+class EventStatus(enum.Enum):
+    """What receipt made of an event that reached the graph (digest 8.3, "Outcomes")."""
+
+    ACCEPTED = "accepted"
+    SOFT_FAILED = "soft_failed"  # valid, kept, never an extremity, not applied to current state
+    REJECTED = "rejected"  # kept as a DAG node, never applied to state, never a prev_event
+
+
+class ReceiptCheck(enum.Enum):
+    """The receipt check an event failed (digest 8.3)."""
+
+    AUTH_EVENTS = "auth_events"  # step 4: against its own auth_events -> rejected
+    STATE_BEFORE = "state_before"  # step 5: against the state before it -> rejected
+    CURRENT_STATE = "current_state"  # step 6: against the current state -> soft-failed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Admission:
+    """The stored outcome of steps 4-6 for one event: its status and, if it failed, why."""
+
+    event_id: EventId
+    status: EventStatus
+    failed_check: ReceiptCheck | None = None
+    rule: AuthRule | None = None
+    detail: str = ""
+
+
+class MissingEventsError(LookupError):
+    """The graph lacks some prev_events or auth_events of an event; fetch them and retry."""
+
+    def __init__(self, event_id: EventId, missing: tuple[EventId, ...]) -> None:
+        super().__init__(f"{event_id} cites {len(missing)} unknown events: {', '.join(missing)}")
+        self.event_id = event_id
+        self.missing = missing
+
+
+class RoomMismatchError(ValueError):
+    """An event does not belong to this room graph (other room ID or room version)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# State maps
+
+
+class StateSnapshot(Mapping[StateKey, EventId]):
+    """An immutable state map (`(type, state_key)` -> event ID) that shares memory.
+
+    A snapshot is a `base` dict shared by many snapshots plus a small `overlay` of the keys whose
+    event differs from `base`. An event's child that changes one key copies only the overlay;
+    when the overlay grows past about the square root of the base, a new base is made. Memory
+    for E state events over S keys is then O(E * sqrt(S) + S * E / sqrt(S)) instead of O(E * S),
+    and a lookup stays two dict probes. Neither dict is ever mutated after construction.
+    """
+
+    __slots__ = ("_base", "_len", "_overlay")
+
+    def __init__(
+        self,
+        base: dict[StateKey, EventId] | None = None,
+        overlay: dict[StateKey, EventId] | None = None,
+        *,
+        length: int | None = None,
+    ) -> None:
+        self._base: dict[StateKey, EventId] = {} if base is None else base
+        self._overlay: dict[StateKey, EventId] = {} if overlay is None else overlay
+        if length is None:
+            length = len(self._base) + sum(1 for k in self._overlay if k not in self._base)
+        self._len = length
+
+    @classmethod
+    def of(cls, state: Mapping[StateKey, EventId]) -> StateSnapshot:
+        """`state` as a snapshot (itself if it is one; else a private copy)."""
+        return state if isinstance(state, StateSnapshot) else cls(dict(state))
+
+    def with_entry(self, key: StateKey, event_id: EventId) -> StateSnapshot:
+        """This map with `key` set to `event_id` (self if nothing changes)."""
+        if self.get(key) == event_id:
+            return self
+        overlay = dict(self._overlay)
+        # Keep the overlay canonical: exactly the keys whose event differs from the base.
+        if self._base.get(key) == event_id:
+            del overlay[key]
+        else:
+            overlay[key] = event_id
+        length = self._len if key in self else self._len + 1
+        if len(overlay) > _overlay_limit(len(self._base)):
+            base = dict(self._base)
+            base.update(overlay)
+            return StateSnapshot(base, length=length)
+        return StateSnapshot(self._base, overlay, length=length)
+
+    def to_dict(self) -> dict[StateKey, EventId]:
+        """A fresh plain dict of this map (what state resolution is given)."""
+        merged = dict(self._base)
+        merged.update(self._overlay)
+        return merged
+
+    def __getitem__(self, key: StateKey) -> EventId:
+        try:
+            return self._overlay[key]
+        except KeyError:
+            return self._base[key]
+
+    def get(self, key: StateKey, default: Any = None) -> Any:
+        found = self._overlay.get(key)
+        return self._base.get(key, default) if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._overlay or key in self._base
+
+    def __iter__(self) -> Iterator[StateKey]:
+        yield from self._base
+        for key in self._overlay:
+            if key not in self._base:
+                yield key
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if isinstance(other, StateSnapshot):
+            if self._len != other._len:
+                return False
+            if self._base is other._base:
+                return self._overlay == other._overlay
+            return self.to_dict() == other.to_dict()
+        if isinstance(other, Mapping):
+            return self.to_dict() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StateSnapshot({self._len} entries, overlay {len(self._overlay)})"
+
+
+def _overlay_limit(base_size: int) -> int:
+    # About sqrt(2 * S) minimises overlay copies plus base copies; never below 32 so that small
+    # rooms do not rebase at every state event.
+    return max(32, isqrt(2 * base_size))
+
+
+EMPTY_STATE = StateSnapshot()
+
+
+# ----------------------------------------------------------------------------------------------
+# Storage
+
+
+class RoomStore(Protocol):
+    """What `RoomGraph` needs from storage, for one room. Synchronous; a SQLite store can
+    implement it without holding the room in memory (state maps may be lazy `Mapping`s).
+
+    `commit` writes one event with everything derived from it, atomically: nothing of it is
+    visible if it raises.
+    """
+
+    def get_pdu(self, event_id: EventId) -> Pdu | None:
+        """The stored event (the redacted copy if its hash did not match), or None."""
+        ...
+
+    def get_admission(self, event_id: EventId) -> Admission | None:
+        """The event's status and, if it failed a check, the reason; None if unknown."""
+        ...
+
+    def get_state_before(self, event_id: EventId) -> StateIds | None: ...
+
+    def get_state_after(self, event_id: EventId) -> StateIds | None:
+        """State after the event; for a rejected event, the state before it."""
+        ...
+
+    def get_forward_extremities(self) -> frozenset[EventId]: ...
+
+    def get_current_state(self) -> StateIds: ...
+
+    @property
+    def auth_chains(self) -> AuthChainIndex:
+        """The room's auth-chain index.
+
+        `RoomGraph` adds an event to it just before resolving the state after it and calling
+        `commit` (an entry only restates the event's own auth_events, so the entry of an
+        event whose commit failed is harmless); `commit` persists what the store needs.
+        """
+        ...
+
+    def commit(
+        self,
+        *,
+        pdu: Pdu,
+        admission: Admission,
+        state_before: StateIds,
+        state_after: StateIds,
+        forward_extremities: frozenset[EventId] | None,
+        current_state: StateIds | None,
+    ) -> None:
+        """Store the event; `None` for extremities or current state means unchanged."""
+        ...
+
+
+class MemoryRoomStore:
+    """A `RoomStore` in memory. State maps are `StateSnapshot`s shared between events."""
+
+    def __init__(self) -> None:
+        self._pdus: dict[EventId, Pdu] = {}
+        self._admissions: dict[EventId, Admission] = {}
+        self._state_before: dict[EventId, StateSnapshot] = {}
+        self._state_after: dict[EventId, StateSnapshot] = {}
+        self._extremities: frozenset[EventId] = frozenset()
+        self._current: StateSnapshot = EMPTY_STATE
+        self._auth_chains = AuthChainIndex()
+
+    def __len__(self) -> int:
+        return len(self._pdus)
+
+    def get_pdu(self, event_id: EventId) -> Pdu | None:
+        return self._pdus.get(event_id)
+
+    def get_admission(self, event_id: EventId) -> Admission | None:
+        return self._admissions.get(event_id)
+
+    def get_state_before(self, event_id: EventId) -> StateSnapshot | None:
+        return self._state_before.get(event_id)
+
+    def get_state_after(self, event_id: EventId) -> StateSnapshot | None:
+        return self._state_after.get(event_id)
+
+    def get_forward_extremities(self) -> frozenset[EventId]:
+        return self._extremities
+
+    def get_current_state(self) -> StateSnapshot:
+        return self._current
+
+    @property
+    def auth_chains(self) -> AuthChainIndex:
+        return self._auth_chains
+
+    def commit(
+        self,
+        *,
+        pdu: Pdu,
+        admission: Admission,
+        state_before: StateIds,
+        state_after: StateIds,
+        forward_extremities: frozenset[EventId] | None,
+        current_state: StateIds | None,
+    ) -> None:
+        event_id = pdu.event_id
+        if event_id in self._pdus:
+            raise ValueError(f"{event_id} is already stored")
+        before = StateSnapshot.of(state_before)
+        after = before if state_after is state_before else StateSnapshot.of(state_after)
+        current = None if current_state is None else StateSnapshot.of(current_state)
+        self._pdus[event_id] = pdu
+        self._admissions[event_id] = admission
+        self._state_before[event_id] = before
+        self._state_after[event_id] = after
+        if forward_extremities is not None:
+            self._extremities = forward_extremities
+        if current is not None:
+            self._current = current
+
+
+# ----------------------------------------------------------------------------------------------
+# The graph
+
+
+class RoomGraph:
+    """One room's DAG: runs receipt steps 4-6 on each new event and keeps state up to date.
+
+    Every event, local or remote, goes through `add`. Current state is the resolution of the
+    states after the forward extremities; it is stored and recomputed only when the set of
+    those states changes.
+    """
+
+    def __init__(
+        self, rules: RoomVersionRules, room_id: RoomId, store: RoomStore | None = None
+    ) -> None:
+        self.rules = rules
+        self.room_id = room_id
+        self.store: RoomStore = MemoryRoomStore() if store is None else store
+
+    # -- queries
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self.store.get_admission(EventId(event_id)) is not None
+
+    def get_event(self, event_id: EventId) -> Pdu:
+        """A known event; `KeyError` if the graph does not have it."""
+        pdu = self.store.get_pdu(event_id)
+        if pdu is None:
+            raise KeyError(event_id)
+        return pdu
+
+    def status(self, event_id: EventId) -> EventStatus | None:
+        admission = self.store.get_admission(event_id)
+        return None if admission is None else admission.status
+
+    def admission(self, event_id: EventId) -> Admission | None:
+        return self.store.get_admission(event_id)
+
+    def is_rejected(self, event_id: EventId) -> bool:
+        admission = self.store.get_admission(event_id)
+        return admission is not None and admission.status is EventStatus.REJECTED
+
+    def state_before(self, event_id: EventId) -> StateIds:
+        state = self.store.get_state_before(event_id)
+        if state is None:
+            raise KeyError(event_id)
+        return state
+
+    def state_after(self, event_id: EventId) -> StateIds:
+        state = self.store.get_state_after(event_id)
+        if state is None:
+            raise KeyError(event_id)
+        return state
+
+    def current_state(self) -> StateIds:
+        return self.store.get_current_state()
+
+    @property
+    def forward_extremities(self) -> frozenset[EventId]:
+        return self.store.get_forward_extremities()
+
+    # -- receiving
+
+    def add(self, pdu: Pdu) -> Admission:
+        """Run receipt checks 4-6 on an event that passed checks 1-3, and store it.
+
+        Raises `MissingEventsError` (nothing stored) when a prev_event or auth_event is
+        unknown, and `RoomMismatchError` for an event of another room. Adding a known event
+        again returns its stored admission and changes nothing.
+        """
+        known = self.store.get_admission(pdu.event_id)
+        if known is not None:
+            return known
+        self._check_room(pdu)
+        missing = tuple(
+            dict.fromkeys(
+                event_id
+                for event_id in (*pdu.prev_events, *pdu.auth_event_ids)
+                if self.store.get_admission(event_id) is None
+            )
+        )
+        if missing:
+            raise MissingEventsError(pdu.event_id, missing)
+
+        # Step 4: the auth rules against the event's own auth_events.
+        auth_events = {event_id: self.get_event(event_id) for event_id in pdu.auth_event_ids}
+        try:
+            own_auth = check_auth_events(pdu, auth_events, self.is_rejected)
+            check_auth(pdu, own_auth)
+        except AuthError as exc:
+            before = self._compute_state_before(pdu)
+            return self._commit(pdu, before, _failure(pdu, ReceiptCheck.AUTH_EVENTS, exc))
+
+        # Step 5: the auth rules against the state before the event (resolved at merges).
+        before = self._compute_state_before(pdu)
+        auth_keys = compute_auth_keys(pdu)
+        before_auth = _pick(before, auth_keys)
+        if before_auth != {key: event.event_id for key, event in own_auth.items()}:
+            try:
+                check_auth(pdu, self._load(before_auth))
+            except AuthError as exc:
+                return self._commit(pdu, before, _failure(pdu, ReceiptCheck.STATE_BEFORE, exc))
+
+        # Step 6: the auth rules against the current state; failure means soft-fail.
+        # When the event extends exactly the forward extremities, the current state is the
+        # state before it, and step 5 decided already.
+        if frozenset(pdu.prev_events) != self.forward_extremities:
+            current_auth = _pick(self.current_state(), auth_keys)
+            if current_auth != before_auth:
+                try:
+                    check_auth(pdu, self._load(current_auth))
+                except AuthError as exc:
+                    failure = _failure(pdu, ReceiptCheck.CURRENT_STATE, exc)
+                    return self._commit(pdu, before, failure)
+
+        return self._commit(pdu, before, Admission(event_id=pdu.event_id, status=_ACCEPTED))
+
+    def _check_room(self, pdu: Pdu) -> None:
+        if pdu.room_id != self.room_id or (pdu.rules is not self.rules and pdu.rules != self.rules):
+            raise RoomMismatchError(
+                f"{pdu.event_id} is in {pdu.room_id} (v{pdu.rules.version}), "
+                f"not {self.room_id} (v{self.rules.version})"
+            )
+        if pdu.state_tuple == ("m.room.create", "") and self.store.get_current_state().get(
+            ("m.room.create", "")
+        ) not in (None, pdu.event_id):
+            # DEVIATION: the spec does not say what a second create event with the same room
+            # ID means (possible before room version 12). It defines another room: refuse it
+            # like an event of another room instead of letting it fork this one.
+            raise RoomMismatchError(f"{pdu.event_id} is a second create event for {self.room_id}")
+
+    def _compute_state_before(self, pdu: Pdu) -> StateSnapshot:
+        """Digest 6.1: the resolution of the states after the prev_events."""
+        return self._resolve([self.state_after(event_id) for event_id in pdu.prev_events])
+
+    def _commit(self, pdu: Pdu, before: StateSnapshot, admission: Admission) -> Admission:
+        status = admission.status
+        index = self.store.auth_chains
+        # Only state events can be auth events or state. One citing unindexed auth events (a
+        # message, an unindexed rejected event) was rejected at step 4 and is never state.
+        if pdu.state_key is not None and all(a in index for a in pdu.auth_event_ids):
+            index.add(pdu.event_id, pdu.auth_event_ids)
+        after = before
+        if status is not EventStatus.REJECTED and pdu.state_tuple is not None:
+            after = before.with_entry(pdu.state_tuple, pdu.event_id)
+        extremities: frozenset[EventId] | None = None
+        current: StateSnapshot | None = None
+        if status is EventStatus.ACCEPTED:
+            old = self.forward_extremities
+            extremities = (old - self._superseded_by(pdu)) | {pdu.event_id}
+            current = self._compute_current_state(old, extremities, pdu, after)
+        self.store.commit(
+            pdu=pdu,
+            admission=admission,
+            state_before=before,
+            state_after=after,
+            forward_extremities=extremities,
+            current_state=current,
+        )
+        return admission
+
+    def _superseded_by(self, pdu: Pdu) -> set[EventId]:
+        """The events an accepted event takes off the forward extremities.
+
+        Its prev_events, and, through prev_events that were soft-failed or rejected, their
+        ancestors up to the first accepted ones: those now have a known accepted descendant,
+        and leaving them would keep dangling extremities (Synapse does the same).
+        """
+        superseded: set[EventId] = set()
+        stack = list(pdu.prev_events)
+        while stack:
+            event_id = stack.pop()
+            if event_id in superseded:
+                continue
+            superseded.add(event_id)
+            if self.status(event_id) is not EventStatus.ACCEPTED:
+                stack.extend(self.get_event(event_id).prev_events)
+        return superseded
+
+    def _compute_current_state(
+        self,
+        old: frozenset[EventId],
+        new: frozenset[EventId],
+        pdu: Pdu,
+        after: StateSnapshot,
+    ) -> StateSnapshot | None:
+        """The resolution over the new extremities, or None if the set of states is unchanged."""
+        new_states = _unique(
+            [after, *(self.state_after(e) for e in sorted(new) if e != pdu.event_id)]
+        )
+        old_states = _unique([self.state_after(e) for e in sorted(old)])
+        if len(new_states) == len(old_states) and all(
+            any(s is o or s == o for o in old_states) for s in new_states
+        ):
+            return None
+
+        def get_event(event_id: EventId) -> Pdu:
+            return pdu if event_id == pdu.event_id else self.get_event(event_id)
+
+        return self._resolve(new_states, get_event)
+
+    def _resolve(
+        self, states: list[StateIds], get_event: Callable[[EventId], Pdu] | None = None
+    ) -> StateSnapshot:
+        unique = _unique(states)
+        if not unique:
+            return EMPTY_STATE
+        if len(unique) == 1:
+            # One input (or identical inputs): nothing is conflicted.
+            return StateSnapshot.of(unique[0])
+        plain = [s.to_dict() if isinstance(s, StateSnapshot) else dict(s) for s in unique]
+        resolved = resolve(
+            self.rules,
+            plain,
+            self.store.auth_chains,
+            self.get_event if get_event is None else get_event,
+            self.is_rejected,
+        )
+        return StateSnapshot(dict(resolved))
+
+    def _load(self, ids: Mapping[StateKey, EventId]) -> dict[StateKey, Pdu]:
+        return {key: self.get_event(event_id) for key, event_id in ids.items()}
+
+    # -- sending
+
+    def build_event(
+        self,
+        *,
+        event_type: str,
+        content: Mapping[str, Any],
+        sender: str,
+        state_key: str | None = None,
+        now_ms: int,
+        server_name: str,
+        signing_key: SigningKey,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Pdu:
+        """A new signed event on top of the forward extremities (digest 3.5, 5.2).
+
+        prev_events: up to 20 forward extremities, deepest first, ties by event ID. auth_events:
+        selected from the current state. The event is not added: pass it to `add`, so local
+        events meet the same checks as remote ones. (The create event of a room version 12
+        room names no room ID; build it with `events.build_event`.)
+        """
+        chosen = sorted(self.forward_extremities, key=lambda e: (-self.get_event(e).depth, e))[
+            :MAX_PREV_EVENTS
+        ]
+        depth = 1 + max((self.get_event(e).depth for e in chosen), default=0)
+        auth_events = select_auth_events(
+            event_type, sender, state_key, content, self.rules, self.current_state()
+        )
+        return build_event(
+            rules=self.rules,
+            room_id=self.room_id,
+            sender=sender,
+            event_type=event_type,
+            content=content,
+            prev_events=chosen,
+            auth_events=auth_events,
+            depth=min(depth, MAX_DEPTH),
+            origin_server_ts=now_ms,
+            server_name=server_name,
+            signing_key=signing_key,
+            state_key=state_key,
+            extra=extra,
+        )
+
+
+_ACCEPTED = EventStatus.ACCEPTED
+_STATUS_OF_CHECK = {
+    ReceiptCheck.AUTH_EVENTS: EventStatus.REJECTED,
+    ReceiptCheck.STATE_BEFORE: EventStatus.REJECTED,
+    ReceiptCheck.CURRENT_STATE: EventStatus.SOFT_FAILED,
+}
+
+
+def _failure(pdu: Pdu, check: ReceiptCheck, exc: AuthError) -> Admission:
+    return Admission(
+        event_id=pdu.event_id,
+        status=_STATUS_OF_CHECK[check],
+        failed_check=check,
+        rule=exc.rule,
+        detail=str(exc),
+    )
+
+
+def _pick(state: StateIds, keys: set[StateKey]) -> dict[StateKey, EventId]:
+    picked: dict[StateKey, EventId] = {}
+    for key in keys:
+        event_id = state.get(key)
+        if event_id is not None:
+            picked[key] = event_id
+    return picked
+
+
+def _unique(states: list[StateIds]) -> list[StateIds]:
+    """The distinct maps of `states` (resolution over equal maps is the map itself)."""
+    unique: list[StateIds] = []
+    for state in states:
+        if not any(state is u or state == u for u in unique):
+            unique.append(state)
+    return unique
