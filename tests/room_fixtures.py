@@ -77,7 +77,8 @@ class RoomFixture:
             signing_key=alice_key,
         )
         self.graph = RoomGraph(self.rules, self.create.room_id)
-        self.graph.add(self.create)
+        self.events: list[Pdu] = []  # what `add` added, in order
+        self.add(self.create)
         self.add(self.build("m.room.member", ALICE, {"membership": "join"}, state_key=ALICE))
         users = {} if v12 else {ALICE: 100}
         users.update(power_users or {})
@@ -92,6 +93,7 @@ class RoomFixture:
     def add(self, pdu: Pdu) -> Pdu:
         admission = self.graph.add(pdu)
         assert admission.failed_check is None, admission
+        self.events.append(pdu)
         return pdu
 
     def build(

@@ -19,11 +19,13 @@ only events that still miss something after the whole batch are `DEFERRED`.
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from s2s_node.core.auth import AuthRule
+from s2s_node.core.canonical import encode_base64_urlsafe
 from s2s_node.core.events import EventFormatError, Pdu, parse_pdu
 from s2s_node.core.ids import EventId
 from s2s_node.core.room import (
@@ -36,7 +38,14 @@ from s2s_node.core.room import (
     RoomStore,
 )
 from s2s_node.core.rules import UnsupportedRoomVersionError, rules_for
-from s2s_node.core.signing import KeyLookup, SignatureError, check_event
+from s2s_node.core.signing import (
+    KeyLookup,
+    SignatureError,
+    check_json_signature,
+    encode_signing_bytes,
+    is_content_hash_valid,
+    required_signers,
+)
 
 
 class Outcome(enum.Enum):
@@ -135,6 +144,10 @@ def ingest_batch(objs: Iterable[object], graph: RoomGraph, keys: KeyLookup) -> l
     while queue:
         i = queue.popleft()
         item = checked[i]
+        known = graph.admission(item.pdu.event_id)
+        if known is not None:  # the same event twice in one batch
+            verdicts[i] = _verdict(known, redacted=False, duplicate=True)
+            continue
         try:
             verdicts[i] = _add(item, graph)
         except MissingEventsError as exc:
@@ -181,9 +194,21 @@ def ingest_create_event(
 
 def _check_received(obj: object, graph: RoomGraph, keys: KeyLookup) -> _Checked | Verdict:
     """Steps 1-3, the room check, and the duplicate check."""
+    rules = graph.rules
+    # The bytes the signatures cover are also those the event ID is the hash of: encode them
+    # once. An object that cannot be encoded is left to step 1 to report.
+    message: bytes | None = None
+    event_id: EventId | None = None
+    if isinstance(obj, dict):
+        try:
+            message = encode_signing_bytes(obj, rules)
+        except (TypeError, ValueError, RecursionError):
+            pass
+        else:
+            event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
     # Step 1: the format of the graph's room version; otherwise drop.
     try:
-        pdu = parse_pdu(obj, graph.rules)
+        pdu = parse_pdu(obj, rules, event_id=event_id)
     except EventFormatError as exc:
         return _dropped(VerdictReason.FORMAT, None, str(exc))
     if pdu.room_id != graph.room_id:
@@ -197,21 +222,22 @@ def _check_received(obj: object, graph: RoomGraph, keys: KeyLookup) -> _Checked 
         return _verdict(admission, redacted=False, duplicate=True)
     # Step 2: the signatures of the sender's server (and of a restricted join's authoriser);
     # otherwise drop.
+    # (As `signing.check_event`, reusing the encoded bytes.)
+    if message is None:
+        message = encode_signing_bytes(pdu.json, rules)
     try:
-        check = check_event(pdu.json, graph.rules, keys)
+        for server in required_signers(pdu.json):
+            check_json_signature(pdu.json, server, keys, message=message)
     except SignatureError as exc:
         return _dropped(VerdictReason.SIGNATURE, pdu.event_id, str(exc))
     # Step 3: on a content-hash mismatch, go on with the redacted copy.
-    if not check.hash_ok:
+    if not is_content_hash_valid(pdu.json):
         return _Checked(pdu=pdu.redacted(), redacted=True)
     return _Checked(pdu=pdu, redacted=False)
 
 
 def _add(checked: _Checked, graph: RoomGraph) -> Verdict:
     """Steps 4-6 (raises `MissingEventsError`)."""
-    known = graph.admission(checked.pdu.event_id)
-    if known is not None:  # the same event twice in one batch
-        return _verdict(known, redacted=False, duplicate=True)
     try:
         admission = graph.add(checked.pdu)
     except RoomMismatchError as exc:

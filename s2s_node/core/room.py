@@ -378,18 +378,19 @@ class RoomGraph:
         if known is not None:
             return known
         self._check_room(pdu)
-        missing = tuple(
-            dict.fromkeys(
-                event_id
-                for event_id in (*pdu.prev_events, *pdu.auth_event_ids)
-                if self.store.get_admission(event_id) is None
-            )
-        )
+        get_pdu = self.store.get_pdu
+        auth_events: dict[EventId, Pdu] = {}
+        missing = [event_id for event_id in pdu.prev_events if get_pdu(event_id) is None]
+        for event_id in pdu.auth_event_ids:
+            auth_event = get_pdu(event_id)
+            if auth_event is None:
+                missing.append(event_id)
+            else:
+                auth_events[event_id] = auth_event
         if missing:
-            raise MissingEventsError(pdu.event_id, missing)
+            raise MissingEventsError(pdu.event_id, tuple(dict.fromkeys(missing)))
 
         # Step 4: the auth rules against the event's own auth_events.
-        auth_events = {event_id: self.get_event(event_id) for event_id in pdu.auth_event_ids}
         try:
             own_auth = check_auth_events(pdu, auth_events, self.is_rejected)
             check_auth(pdu, own_auth)
@@ -491,6 +492,8 @@ class RoomGraph:
         after: StateSnapshot,
     ) -> StateSnapshot | None:
         """The resolution over the new extremities, or None if the set of states is unchanged."""
+        if len(new) == 1:  # the linear case: the event is the only extremity
+            return after
         new_states = _unique(
             [after, *(self.state_after(e) for e in sorted(new) if e != pdu.event_id)]
         )
@@ -508,6 +511,8 @@ class RoomGraph:
     def _resolve(
         self, states: list[StateIds], get_event: Callable[[EventId], Pdu] | None = None
     ) -> StateSnapshot:
+        if len(states) == 1:
+            return StateSnapshot.of(states[0])
         unique = _unique(states)
         if not unique:
             return EMPTY_STATE

@@ -1,0 +1,191 @@
+"""Benchmark of the receive pipeline: a whole room through `ingest_pdu`, against a ceiling.
+
+Usage: `python scripts/bench_ingest.py [--rooms DIR] [--room FILE] [--repeats R]`
+
+Replays one benchmark room (perf-dag/1; default: the largest file in `../shared/bench/rooms`
+relative to the repository root) event by event, in file order, through
+`core.ingest.ingest_pdu` into a fresh `RoomGraph` over a `MemoryRoomStore`, with the node's
+key lookup (`KeyRing`, keys derived from the identifiers). That is every check on receipt:
+format, signatures, content hash, auth against the event's auth events, against the state
+before it and against the current state, plus keeping state, extremities and current state
+(state resolution whenever the forks' states differ).
+
+Beside it, the verify ceiling measured in the same run, as `scripts/bench_events.py` defines
+it: per event, canonical JSON encoding of the precomputed content-hash form and of the
+precomputed redacted form, two `hashlib.sha256`, one PyNaCl `VerifyKey.verify`. The ratio
+(ceiling time / ingest time) is what to watch; goal >= 0.5. It also prints how many times
+state resolution ran and the time spent in it, and the outcomes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import json
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nacl.signing
+
+from s2s_node.core import room as room_module
+from s2s_node.core.canonical import decode_base64
+from s2s_node.core.ids import server_of
+from s2s_node.core.ingest import Outcome, ingest_create_event, ingest_pdu
+from s2s_node.core.room import EventStatus, MemoryRoomStore, RoomGraph
+from s2s_node.core.rules import RoomVersionRules, rules_for
+from s2s_node.core.signing import KeyRing, redact
+from s2s_node.core.stateres import resolve
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_ROOMS = REPO_ROOT.parent / "shared" / "bench" / "rooms"
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _largest_room(rooms: Path) -> Path:
+    files = sorted(rooms.glob("*.json.gz"), key=lambda p: p.stat().st_size)
+    if not files:
+        sys.exit(f"no *.json.gz rooms in {rooms}")
+    return files[-1]
+
+
+def _time(run: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+class _ResolveMeter:
+    """Counts and times `resolve` as the room graph calls it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.seconds = 0.0
+        self._real = resolve
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return self._real(*args, **kwargs)
+        finally:
+            self.calls += 1
+            self.seconds += time.perf_counter() - start
+
+
+def _ingest_room(events: list[dict[str, Any]]) -> tuple[RoomGraph, Counter[Outcome]]:
+    keys = KeyRing()  # derived from identifiers, as the node does
+    verdict, graph = ingest_create_event(events[0], keys, MemoryRoomStore())
+    if graph is None:
+        raise SystemExit(f"the create event was dropped: {verdict}")
+    outcomes: Counter[Outcome] = Counter([verdict.outcome])
+    for event in events[1:]:
+        outcomes[ingest_pdu(event, graph, keys).outcome] += 1
+    return graph, outcomes
+
+
+def _verify_ceiling_work(
+    room: dict[str, Any], rules: RoomVersionRules
+) -> list[tuple[dict[str, Any], dict[str, Any], nacl.signing.VerifyKey, bytes]]:
+    """The inputs of the verify ceiling, prepared outside the timed region."""
+    work = []
+    for event in room["events"]:
+        hash_form = {
+            k: v for k, v in event.items() if k not in ("hashes", "signatures", "unsigned")
+        }
+        redacted = redact(event, rules)
+        redacted.pop("signatures", None)
+        server = server_of(event["sender"])
+        key_id = room["servers"][server]["key_id"]
+        verify_key = nacl.signing.VerifyKey(decode_base64(room["servers"][server]["verify_key"]))
+        signature = decode_base64(event["signatures"][server][key_id])
+        work.append((hash_form, redacted, verify_key, signature))
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rooms", type=Path, default=DEFAULT_ROOMS, help="folder of rooms")
+    parser.add_argument("--room", type=Path, help="one room file (overrides --rooms)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    path = args.room or _largest_room(args.rooms)
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        room = json.load(f)
+    rules = rules_for(room["room_version"])
+    events: list[dict[str, Any]] = room["events"]
+    work = _verify_ceiling_work(room, rules)
+    encode = _ENCODER.encode
+    sha256 = hashlib.sha256
+
+    def verify_ceiling() -> None:
+        for hash_form, redacted, verify_key, signature in work:
+            sha256(encode(hash_form).encode("utf-8")).digest()
+            message = encode(redacted).encode("utf-8")
+            sha256(message).digest()
+            verify_key.verify(message, signature)
+
+    meter = _ResolveMeter()
+    room_module.resolve = meter  # type: ignore[attr-defined]
+    ingest_runs: list[float] = []
+    ceiling_runs: list[float] = []
+    resolve_seconds: list[float] = []
+    result: tuple[RoomGraph, Counter[Outcome]] | None = None
+    for _ in range(args.repeats):
+        meter.seconds = 0.0
+        meter.calls = 0
+        start = time.perf_counter()
+        result = _ingest_room(events)
+        ingest_runs.append(time.perf_counter() - start)
+        resolve_seconds.append(meter.seconds)
+        ceiling_runs.append(_time(verify_ceiling))
+    assert result is not None
+    graph, outcomes = result
+
+    expected = {(t, k): e for t, k, e in room["expected"]["resolved_state"]}
+    matches_expected = dict(graph.current_state()) == expected
+    # The state after each fork's tip must be the file's state set. Whether the current state
+    # is Synapse's resolution of those sets depends on the tips being accepted: a tip that is
+    # soft-failed in this delivery order is no forward extremity (spec), so it is not resolved.
+    tips_ok = all(
+        dict(graph.state_after(tip)) == {(t, k): e for t, k, e in state_set}
+        for tip, state_set in zip(room["tips"], room["state_sets"], strict=True)
+    )
+    soft_failed_tips = sum(graph.status(tip) is not EventStatus.ACCEPTED for tip in room["tips"])
+    n = len(events)
+    best_ratio = min(ceiling_runs) / min(ingest_runs)
+    median_ratio = statistics.median(ceiling_runs) / statistics.median(ingest_runs)
+    print(f"room {path.name}: room version {rules.version}, {n} events, {args.repeats} repeats")
+    print(
+        f"ingest  {n / min(ingest_runs):9.0f} ev/s"
+        f" (median {n / statistics.median(ingest_runs):9.0f})"
+        f" | verify ceiling {n / min(ceiling_runs):9.0f} ev/s"
+        f" (median {n / statistics.median(ceiling_runs):9.0f})"
+        f" | ratio best {best_ratio:.2f}, median {median_ratio:.2f} (goal >= 0.5)"
+    )
+    without_resolve = [i - r for i, r in zip(ingest_runs, resolve_seconds, strict=True)]
+    print(
+        f"state resolution: {meter.calls} calls per replay,"
+        f" {statistics.median(resolve_seconds):.3f} s of {statistics.median(ingest_runs):.3f} s"
+        f" (median); ratio without it: {min(ceiling_runs) / min(without_resolve):.2f}"
+    )
+    print(
+        "outcomes: "
+        + ", ".join(f"{o.value} {c}" for o, c in sorted(outcomes.items(), key=lambda i: i[0].value))
+    )
+    print(
+        f"state after each tip {'matches' if tips_ok else 'DIFFERS FROM'} the file;"
+        f" {soft_failed_tips} of {len(room['tips'])} tips soft-failed;"
+        f" current state {'matches' if matches_expected else 'differs from'} expected"
+    )
+    return 0 if tips_ok and (matches_expected or soft_failed_tips) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
