@@ -8,11 +8,12 @@ in the same transaction as the event. Event nids are assigned in insertion order
 is stored only after its auth events, so nid order is a topological order of the auth DAG.
 Two ways to get an index from it:
 
-- `load_room_index`: the index of a room's *state events and of every event cited as an auth
-  event*, rebuilt on first use by adding them in nid order (one query for the events, one for
-  their edges), then kept up to date by the room store after each commit. Message events are
-  left out: they are never in a state map and never an auth event, and they are most of a room.
-  This is what `RoomStore.auth_chains` returns. Memory: one bitmask per indexed event, at most
+- `load_room_index`: the index of a room's *state events*, rebuilt on first use by adding them
+  in nid order (one query for the events, one for their edges) with `RoomGraph`'s rule (a state
+  event citing an event outside the index was rejected and stays out), then kept up to date by
+  `RoomGraph`, which adds each new state event before it commits it. Message events are left
+  out: they are never in a state map, and they are most of a room. This is what
+  `RoomStore.auth_chains` returns. Memory: one bitmask per indexed event, at most
   k^2/8 bytes for k indexed events (about 12 MB for 10,000 state events); time: one `add` per
   indexed event, once per process.
 - `build_index_for`: an index of just some events and their auth chains, found with a
@@ -35,28 +36,30 @@ from collections.abc import Iterable
 from s2s_node.core.authchain import AuthChainIndex
 from s2s_node.core.ids import EventId
 
-# An event enters the room index if it is a state event or cited as an auth event.
-_INDEXED = (
-    "(e.state_key IS NOT NULL"
-    " OR EXISTS (SELECT 1 FROM auth_edges AS c WHERE c.auth_nid = e.event_nid))"
-)
-
-
 def load_room_index(conn: sqlite3.Connection, room_nid: int) -> AuthChainIndex:
-    """The index of a room's state events and cited auth events (see the module docstring)."""
+    """The index of a room's state events, as `RoomGraph` builds it (see the module docstring):
+    in insertion order, each state event whose auth events are all in the index already."""
     events = conn.execute(
-        f"SELECT e.event_nid, e.event_id FROM events AS e WHERE e.room_nid = ? AND {_INDEXED}"
-        " ORDER BY e.event_nid",
+        "SELECT event_nid, event_id FROM events WHERE room_nid = ? AND state_key IS NOT NULL"
+        " ORDER BY event_nid",
         (room_nid,),
     ).fetchall()
     edges = conn.execute(
         "SELECT a.event_nid, ae.event_id FROM auth_edges AS a"
         " JOIN events AS e ON e.event_nid = a.event_nid"
         " JOIN events AS ae ON ae.event_nid = a.auth_nid"
-        f" WHERE e.room_nid = ? AND {_INDEXED}",
+        " WHERE e.room_nid = ? AND e.state_key IS NOT NULL",
         (room_nid,),
     ).fetchall()
-    return _build(events, edges)
+    auth_of: dict[int, list[EventId]] = {}
+    for event_nid, auth_id in edges:
+        auth_of.setdefault(event_nid, []).append(EventId(auth_id))
+    index = AuthChainIndex()
+    for event_nid, event_id in events:
+        auth = auth_of.get(event_nid, [])
+        if all(a in index for a in auth):
+            index.add(EventId(event_id), auth)
+    return index
 
 
 def build_index_for(conn: sqlite3.Connection, event_ids: Iterable[EventId]) -> AuthChainIndex:
@@ -92,30 +95,3 @@ def _build(events: list[tuple[int, str]], edges: list[tuple[int, str]]) -> AuthC
     for event_nid, event_id in events:
         index.add(EventId(event_id), auth_of.get(event_nid, ()))
     return index
-
-
-def extend_index(index: AuthChainIndex, conn: sqlite3.Connection, event_id: EventId) -> None:
-    """Add a stored event to `index`, first adding any of its auth chain the index lacks
-    (e.g. a message event that a later event cites as an auth event)."""
-    if event_id in index:
-        return
-    # Depth-first, parents before children, without recursion in Python.
-    stack: list[tuple[EventId, list[EventId] | None]] = [(event_id, None)]
-    while stack:
-        current, auth = stack[-1]
-        if auth is None:
-            rows = conn.execute(
-                "SELECT ae.event_id FROM events AS e"
-                " JOIN auth_edges AS a ON a.event_nid = e.event_nid"
-                " JOIN events AS ae ON ae.event_nid = a.auth_nid WHERE e.event_id = ?",
-                (current,),
-            ).fetchall()
-            auth = [EventId(r[0]) for r in rows]
-            stack[-1] = (current, auth)
-            missing = [a for a in auth if a not in index]
-            if missing:
-                stack.extend((a, None) for a in missing)
-                continue
-        stack.pop()
-        if current not in index:
-            index.add(current, auth)

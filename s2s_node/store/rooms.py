@@ -23,7 +23,6 @@ Design: DESIGN.md section 9; issue 4, items 1, 2 and 4. Spec: digest 6.1, 6.5, 8
 from __future__ import annotations
 
 import sqlite3
-from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping
 from typing import Generic, TypeVar
 
@@ -34,7 +33,7 @@ from s2s_node.core.events import Pdu, parse_pdu
 from s2s_node.core.ids import EventId, RoomId
 from s2s_node.core.room import Admission, EventStatus, ReceiptCheck, StateSnapshot
 from s2s_node.core.rules import RoomVersionRules
-from s2s_node.store.authchains import build_index_for, extend_index, load_room_index
+from s2s_node.store.authchains import build_index_for, load_room_index
 from s2s_node.store.database import Database
 from s2s_node.store.stategroups import StateGroups
 
@@ -43,6 +42,9 @@ StateIds = Mapping[StateKey, EventId]
 # Events (parsed) and admissions kept in memory per room. RoomGraph reads the auth events of
 # every new event (create, power levels, join rules, members), which stay hot.
 CACHE_PDUS = 4096
+
+# (event_nid, before_group, after_group); None = the empty state.
+_EventRow = tuple[int, int | None, int | None]
 
 _STATUS_CODE = {EventStatus.ACCEPTED: 0, EventStatus.SOFT_FAILED: 1, EventStatus.REJECTED: 2}
 _STATUS_OF_CODE = {code: status for status, code in _STATUS_CODE.items()}
@@ -53,28 +55,39 @@ _V = TypeVar("_V")
 
 
 class _Lru(Generic[_K, _V]):
-    """A bounded mapping that forgets the least recently used entry."""
+    """A bounded cache of about the `size` most recently used entries.
 
-    __slots__ = ("_data", "_size")
+    Two generations instead of an ordered dict, because lookups are the hot path (millions
+    during a state resolution): a hit in the young generation is one dict probe; a hit in the
+    old one moves the entry to the young one; when the young one is full it becomes the old
+    one, and the previous old one is dropped.
+    """
+
+    __slots__ = ("_old", "_size", "_young")
 
     def __init__(self, size: int) -> None:
-        self._data: OrderedDict[_K, _V] = OrderedDict()
-        self._size = size
+        self._young: dict[_K, _V] = {}
+        self._old: dict[_K, _V] = {}
+        self._size = max(1, size // 2)
 
     def get(self, key: _K) -> _V | None:
-        value = self._data.get(key)
-        if value is not None:
-            self._data.move_to_end(key)
+        value = self._young.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self.put(key, value)
         return value
 
     def put(self, key: _K, value: _V) -> None:
-        self._data[key] = value
-        self._data.move_to_end(key)
-        if len(self._data) > self._size:
-            self._data.popitem(last=False)
+        young = self._young
+        if len(young) >= self._size and key not in young:
+            self._old = young
+            self._young = young = {}
+        young[key] = value
 
     def clear(self) -> None:
-        self._data.clear()
+        self._young = {}
+        self._old = {}
 
 
 class SqliteRoomStore:
@@ -103,6 +116,7 @@ class SqliteRoomStore:
         self._writer = writer
         self._pdus: _Lru[EventId, Pdu] = _Lru(CACHE_PDUS)
         self._admissions: _Lru[EventId, Admission] = _Lru(CACHE_PDUS)
+        self._rows: _Lru[EventId, _EventRow] = _Lru(CACHE_PDUS)
         self._extremities: frozenset[EventId] | None = None
         self._current_group: int | None = None
         self._current_known = False
@@ -151,13 +165,40 @@ class SqliteRoomStore:
         return self._state_of(event_id, "after_group")
 
     def _state_of(self, event_id: EventId, column: str) -> StateSnapshot | None:
-        row = self._db.fetch_one(
-            f"SELECT {column} FROM events WHERE event_id = ? AND room_nid = ?",
-            (event_id, self.room_nid),
-        )
+        row = self._row(event_id)
         if row is None:
             return None
-        return self._groups.load(row[0])
+        return self._groups.load(row[1] if column == "before_group" else row[2])
+
+    def _row(self, event_id: EventId) -> _EventRow | None:
+        """`(event_nid, before_group, after_group)` of a stored event of this room."""
+        row = self._rows.get(event_id)
+        if row is not None:
+            return row
+        found = self._db.fetch_one(
+            "SELECT event_nid, before_group, after_group FROM events"
+            " WHERE event_id = ? AND room_nid = ?",
+            (event_id, self.room_nid),
+        )
+        if found is None:
+            return None
+        row = (int(found[0]), found[1], found[2])
+        self._rows.put(event_id, row)
+        return row
+
+    def _nids(self, conn: sqlite3.Connection, event_ids: Collection[EventId]) -> dict[EventId, int]:
+        found: dict[EventId, int] = {}
+        for event_id in event_ids:
+            row = self._rows.get(event_id)
+            if row is not None:
+                found[event_id] = row[0]
+                continue
+            hit = conn.execute(
+                "SELECT event_nid FROM events WHERE event_id = ?", (event_id,)
+            ).fetchone()
+            if hit is not None:
+                found[event_id] = int(hit[0])
+        return found
 
     def get_forward_extremities(self) -> frozenset[EventId]:
         if self._extremities is not None:
@@ -185,7 +226,8 @@ class SqliteRoomStore:
 
     @property
     def auth_chains(self) -> AuthChainIndex:
-        """The index of the room's state events and cited auth events (see `authchains`)."""
+        """The index of the room's state events (see `authchains`), loaded on first use;
+        `RoomGraph` adds new events to it. A rollback drops it (it is rebuilt from disk)."""
         index = self._auth_index
         if index is None:
             with self._db.reading() as conn:
@@ -255,7 +297,7 @@ class SqliteRoomStore:
         with db.transaction() as conn:
             if conn.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
                 raise ValueError(f"{event_id} is already stored")
-            nid_of = _nids(conn, {*pdu.prev_events, *pdu.auth_event_ids})
+            nid_of = self._nids(conn, {*pdu.prev_events, *pdu.auth_event_ids})
             unknown = [e for e in (*pdu.prev_events, *pdu.auth_event_ids) if e not in nid_of]
             if unknown:
                 raise ValueError(f"{event_id} cites events that are not stored: {unknown}")
@@ -313,10 +355,10 @@ class SqliteRoomStore:
                 old = self.get_forward_extremities_in(conn)
                 gone = old - forward_extremities
                 new = forward_extremities - old
-                new_nids = _nids(conn, new)
+                new_nids = self._nids(conn, new)
                 if len(new_nids) != len(new):
                     raise ValueError("a forward extremity is not stored")
-                old_nids = _nids(conn, gone)
+                old_nids = self._nids(conn, gone)
                 conn.executemany(
                     "DELETE FROM forward_extremities WHERE room_nid = ? AND event_nid = ?",
                     [(self.room_nid, nid) for nid in old_nids.values()],
@@ -340,6 +382,7 @@ class SqliteRoomStore:
             def committed() -> None:
                 self._pdus.put(event_id, pdu)
                 self._admissions.put(event_id, admission)
+                self._rows.put(event_id, (event_nid, before_group, after_group))
                 for group, state in (
                     (before_group, state_before),
                     (after_group, state_after),
@@ -351,9 +394,6 @@ class SqliteRoomStore:
                     self._extremities = forward_extremities
                 if current_state is not None and self._writer:
                     self._current_group, self._current_known = current_group, True
-                if self._auth_index is not None and pdu.state_key is not None:
-                    with db.reading() as read_conn:
-                        extend_index(self._auth_index, read_conn, event_id)
 
             db.on_commit(committed)
             db.on_rollback(self.forget_caches)
@@ -373,32 +413,20 @@ class SqliteRoomStore:
         self, conn: sqlite3.Connection, prev_events: Collection[EventId]
     ) -> int | None:
         for prev in sorted(prev_events):
-            row = conn.execute(
-                "SELECT after_group FROM events WHERE event_id = ?", (prev,)
-            ).fetchone()
-            if row is not None and row[0] is not None:
-                return int(row[0])
+            row = self._row(prev)
+            if row is not None and row[2] is not None:
+                return int(row[2])
         return None
 
     def forget_caches(self) -> None:
         """Drop every cache (after a rollback); the next reads go to the database."""
         self._pdus.clear()
         self._admissions.clear()
+        self._rows.clear()
         self._extremities = None
         self._current_group, self._current_known = None, False
         self._auth_index = None
         self._groups.forget_all()
-
-
-def _nids(conn: sqlite3.Connection, event_ids: Collection[EventId]) -> dict[EventId, int]:
-    found: dict[EventId, int] = {}
-    for event_id in event_ids:
-        row = conn.execute(
-            "SELECT event_nid FROM events WHERE event_id = ?", (event_id,)
-        ).fetchone()
-        if row is not None:
-            found[event_id] = int(row[0])
-    return found
 
 
 def _own_delta(

@@ -26,8 +26,9 @@ from s2s_node.store.database import Database
 
 StateIds = Mapping[StateKey, EventId]
 
-# Longest chain of groups from any group down to its snapshot (reads: one query per group).
-MAX_CHAIN_LENGTH = 64
+# Longest chain of groups from any group down to its snapshot (a cold read: one query per
+# group of the chain).
+MAX_CHAIN_LENGTH = 128
 # A delta chain also ends when its rows exceed this share of the map's size (plus a floor), so
 # that big deltas (merges of long forks) do not make reads slow.
 MAX_CHAIN_ROWS_FLOOR = 256
@@ -99,22 +100,23 @@ class StateGroups:
         return state
 
     def _load(self, conn: sqlite3.Connection, group: int) -> StateSnapshot:
-        # Walk down to the nearest cached group or the snapshot.
+        # The chain down to the snapshot (one query), cut at the first cached group.
+        rows = conn.execute(
+            "WITH RECURSIVE chain(g) AS (SELECT ? UNION ALL"
+            " SELECT s.prev_group FROM state_groups AS s JOIN chain ON s.group_nid = chain.g"
+            " WHERE s.prev_group IS NOT NULL) SELECT g FROM chain",
+            (group,),
+        ).fetchall()
         chain: list[int] = []
         base: StateSnapshot | None = None
-        current: int | None = group
-        while current is not None:
-            cached = self._cache.get(current)
+        for (g,) in rows:
+            cached = self._cache.get(g)
             if cached is not None:
                 base = cached
                 break
-            chain.append(current)
-            row = conn.execute(
-                "SELECT prev_group FROM state_groups WHERE group_nid = ?", (current,)
-            ).fetchone()
-            if row is None:
-                raise LookupError(f"state group {current} is missing")
-            current = row[0]
+            chain.append(g)
+        if base is None and not self._exists(conn, chain[-1]):
+            raise LookupError(f"state group {chain[-1]} is missing")
         # Apply the groups' rows from the oldest (the snapshot, unless a cached base) up.
         state = EMPTY_STATE if base is None else base
         for g in reversed(chain):
@@ -124,6 +126,10 @@ class StateGroups:
                 continue
             state = _apply(state, entries)
         return state
+
+    def _exists(self, conn: sqlite3.Connection, group: int) -> bool:
+        row = conn.execute("SELECT 1 FROM state_groups WHERE group_nid = ?", (group,)).fetchone()
+        return row is not None
 
     def _entries(
         self, conn: sqlite3.Connection, group: int
