@@ -118,6 +118,17 @@ def test_step3_a_redacted_state_event_still_changes_state(room: RoomFixture) -> 
     assert room.graph.get_event(pdu.event_id).content == {"membership": "leave"}
 
 
+def test_step3_comes_before_the_auth_checks(room: RoomFixture) -> None:
+    pdu = room.message(BOB, "x", auth_events=[room.state_id("m.room.join_rules")])
+    verdict = ingest(room, tampered(pdu))
+    assert (verdict.outcome, verdict.reason, verdict.redacted) == (
+        Outcome.REJECTED,
+        VerdictReason.AUTH_EVENTS,
+        True,
+    )
+    assert room.graph.get_event(pdu.event_id).content == {}
+
+
 def test_step4_an_event_citing_a_wrong_auth_event_is_rejected(room: RoomFixture) -> None:
     extremities = room.graph.forward_extremities
     pdu = room.message(BOB, "x", auth_events=[room.state_id("m.room.join_rules")])

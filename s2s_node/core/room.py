@@ -201,17 +201,14 @@ class RoomStore(Protocol):
 
     def get_pdu(self, event_id: EventId) -> Pdu | None:
         """The stored event (the redacted copy if its hash did not match), or None."""
-        ...
 
     def get_admission(self, event_id: EventId) -> Admission | None:
         """The event's status and, if it failed a check, the reason; None if unknown."""
-        ...
 
     def get_state_before(self, event_id: EventId) -> StateIds | None: ...
 
     def get_state_after(self, event_id: EventId) -> StateIds | None:
         """State after the event; for a rejected event, the state before it."""
-        ...
 
     def get_forward_extremities(self) -> frozenset[EventId]: ...
 
@@ -225,7 +222,6 @@ class RoomStore(Protocol):
         `commit` (an entry only restates the event's own auth_events, so the entry of an
         event whose commit failed is harmless); `commit` persists what the store needs.
         """
-        ...
 
     def commit(
         self,
@@ -238,7 +234,6 @@ class RoomStore(Protocol):
         current_state: StateIds | None,
     ) -> None:
         """Store the event; `None` for extremities or current state means unchanged."""
-        ...
 
 
 class MemoryRoomStore:
@@ -420,7 +415,9 @@ class RoomGraph:
                     failure = _failure(pdu, ReceiptCheck.CURRENT_STATE, exc)
                     return self._commit(pdu, before, failure)
 
-        return self._commit(pdu, before, Admission(event_id=pdu.event_id, status=_ACCEPTED))
+        return self._commit(
+            pdu, before, Admission(event_id=pdu.event_id, status=EventStatus.ACCEPTED)
+        )
 
     def _check_room(self, pdu: Pdu) -> None:
         if pdu.room_id != self.room_id or (pdu.rules is not self.rules and pdu.rules != self.rules):
@@ -511,8 +508,6 @@ class RoomGraph:
     def _resolve(
         self, states: list[StateIds], get_event: Callable[[EventId], Pdu] | None = None
     ) -> StateSnapshot:
-        if len(states) == 1:
-            return StateSnapshot.of(states[0])
         unique = _unique(states)
         if not unique:
             return EMPTY_STATE
@@ -577,7 +572,6 @@ class RoomGraph:
         )
 
 
-_ACCEPTED = EventStatus.ACCEPTED
 _STATUS_OF_CHECK = {
     ReceiptCheck.AUTH_EVENTS: EventStatus.REJECTED,
     ReceiptCheck.STATE_BEFORE: EventStatus.REJECTED,
