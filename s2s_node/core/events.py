@@ -11,6 +11,7 @@ client-server API, room version 12 room IDs (MSC4291).
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from s2s_node.core.canonical import (
     CanonicalJsonError,
     JsonDict,
-    check_canonical_value,
+    check_canonical_value_bound,
     encode_canonical_json_trusted,
 )
 from s2s_node.core.ids import (
@@ -35,7 +36,7 @@ from s2s_node.core.ids import (
 )
 from s2s_node.core.keys import SigningKey
 from s2s_node.core.rules import RoomVersionRules
-from s2s_node.core.signing import add_hashes_and_signature, compute_event_id, redact
+from s2s_node.core.signing import build_signed_event, compute_event_id, redact
 
 # Whole event, canonical JSON of the federation form, signatures included.
 MAX_PDU_BYTES = 65_536
@@ -45,6 +46,15 @@ MAX_PREV_EVENTS = 20
 MAX_AUTH_EVENTS = 10
 # Depth must stay within canonical JSON's integer range.
 MAX_DEPTH = 2**53 - 1
+
+
+# A comma-separated list of room-version-4+ event IDs.
+_EVENT_ID_LIST = re.compile(r"\$[A-Za-z0-9_\-]{43}(?:,\$[A-Za-z0-9_\-]{43})*")
+
+
+# At most what `"hashes":{"sha256":"<43>"}` and the punctuation of a new signature entry with
+# its 86-character value add to an event's encoding (names and key IDs counted separately).
+_SIGNING_BOUND = 512
 
 
 class FormatReason(enum.Enum):
@@ -171,14 +181,27 @@ def _event_id_list(obj: Mapping[str, Any], key: str, limit: int | None) -> tuple
             else FormatReason.TOO_MANY_AUTH_EVENTS
         )
         raise EventFormatError(reason, f"`{key}` has {len(value)} entries (at most {limit})")
-    for item in value:
-        if not is_event_id(item):
-            raise EventFormatError(FormatReason.BAD_ID, f"`{key}` has a bad event ID {item!r:.60}")
+    # One regex over the joined list: `,` is in no event ID, so this checks every item.
+    try:
+        valid = not value or _EVENT_ID_LIST.fullmatch(",".join(value)) is not None
+    except TypeError:  # an item that is not a string
+        valid = False
+    if not valid:
+        for item in value:
+            if not is_event_id(item):
+                raise EventFormatError(
+                    FormatReason.BAD_ID, f"`{key}` has a bad event ID {item!r:.60}"
+                )
     return tuple(value)
 
 
+# A string of at most this many characters is at most MAX_FIELD_BYTES in UTF-8 (4 bytes each).
+_LENGTH_NEVER_TOO_LONG = MAX_FIELD_BYTES // 4
+
+
 def _check_length(value: str, key: str) -> None:
-    if len(value) > MAX_FIELD_BYTES or len(value.encode("utf-8")) > MAX_FIELD_BYTES:
+    encoded_length = len(value.encode("utf-8", "surrogatepass"))
+    if len(value) > MAX_FIELD_BYTES or encoded_length > MAX_FIELD_BYTES:
         raise EventFormatError(
             FormatReason.FIELD_TOO_LONG, f"`{key}` is longer than {MAX_FIELD_BYTES} bytes"
         )
@@ -197,10 +220,16 @@ def check_event_format(
         raise EventFormatError(FormatReason.NOT_OBJECT, "event is not a JSON object")
     if check_values:
         try:
-            check_canonical_value(obj)
+            bound = check_canonical_value_bound(obj)
         except CanonicalJsonError as exc:
             raise EventFormatError(FormatReason.NOT_CANONICAL, str(exc)) from None
-    size = len(encode_canonical_json_trusted(obj))
+        if bound <= MAX_PDU_BYTES:
+            return obj  # the encoding is at most `bound` bytes: no need to measure it
+    try:
+        size = len(encode_canonical_json_trusted(obj))
+    except (UnicodeEncodeError, TypeError, ValueError) as exc:
+        # Only reachable with check_values=False and a value that is not JSON after all.
+        raise EventFormatError(FormatReason.NOT_CANONICAL, str(exc)) from None
     if size > MAX_PDU_BYTES:
         raise EventFormatError(
             FormatReason.TOO_LARGE, f"event is {size} bytes (at most {MAX_PDU_BYTES})"
@@ -228,31 +257,44 @@ def parse_pdu(
 def _parse_fields(
     obj: JsonDict, rules: RoomVersionRules, event_id: EventId | None, *, check_counts: bool
 ) -> Pdu:
-    event_type = _field_str(obj, "type")
-    assert event_type is not None
-    _check_length(event_type, "type")
-    sender_raw = _field_str(obj, "sender")
+    get = obj.get
+    # Plain types first (the common case, one test each); anything else takes the detailed
+    # checks below, which raise with the precise reason.
+    event_type = get("type")
+    if type(event_type) is not str:
+        event_type = _field_str(obj, "type")
+        assert event_type is not None
+    if len(event_type) > _LENGTH_NEVER_TOO_LONG:
+        _check_length(event_type, "type")
+    sender_raw = get("sender")
     try:
         sender = parse_user_id(sender_raw)
     except IdError as exc:
+        _field_str(obj, "sender")  # missing or not a string: that reason first
         raise EventFormatError(FormatReason.BAD_ID, f"`sender`: {exc}") from None
-    state_key = _field_str(obj, "state_key", required=False)
-    if state_key is not None:
+    state_key = get("state_key")
+    if type(state_key) is not str:
+        state_key = _field_str(obj, "state_key", required=False)
+    if state_key is not None and len(state_key) > _LENGTH_NEVER_TOO_LONG:
         _check_length(state_key, "state_key")
-    content = obj.get("content")
-    if not isinstance(content, dict):
+    content = get("content")
+    if type(content) is not dict and not isinstance(content, dict):
         raise EventFormatError(
             FormatReason.MISSING_FIELD if "content" not in obj else FormatReason.BAD_FIELD_TYPE,
             "`content` is not an object",
         )
-    origin_server_ts = _field_int(obj, "origin_server_ts")
-    depth = _field_int(obj, "depth")
+    origin_server_ts = get("origin_server_ts")
+    if type(origin_server_ts) is not int:
+        origin_server_ts = _field_int(obj, "origin_server_ts")
+    depth = get("depth")
+    if type(depth) is not int:
+        depth = _field_int(obj, "depth")
     if not 0 <= depth <= MAX_DEPTH:
         raise EventFormatError(FormatReason.BAD_DEPTH, f"depth {depth} is out of range")
-    hashes = obj.get("hashes")
+    hashes = get("hashes")
     if not isinstance(hashes, dict) or not isinstance(hashes.get("sha256"), str):
         raise EventFormatError(FormatReason.BAD_HASHES, "`hashes.sha256` is missing")
-    signatures = obj.get("signatures")
+    signatures = get("signatures")
     if not isinstance(signatures, dict) or not all(
         isinstance(v, dict) for v in signatures.values()
     ):
@@ -286,6 +328,8 @@ def _parse_fields(
             auth_event_ids = (create_id, *auth_events)
     else:
         room_id = _parse_room(obj)
+        if ":" not in room_id:
+            raise EventFormatError(FormatReason.BAD_ID, "a v10/v11 room ID needs a server part")
         auth_event_ids = auth_events
     return Pdu(
         event_id=event_id,
@@ -332,7 +376,9 @@ def build_event(
     state_key: str | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Pdu:
-    """Build, hash and sign a new event, and check it as a receiver would.
+    """Build, hash and sign a new event, and check its format as a receiver would.
+
+    Raises `EventFormatError` (e.g. `NOT_CANONICAL` for a float in `content`).
 
     `room_id` is None only for a v12 create event. `auth_events` are the IDs as they go on the
     wire (in v12 without the create event). `extra` adds top-level keys (e.g. v10 `redacts`).
@@ -352,5 +398,13 @@ def build_event(
         obj["state_key"] = state_key
     if extra:
         obj.update(extra)
-    signed = add_hashes_and_signature(obj, rules, server_name, signing_key)
-    return parse_pdu(signed, rules)
+    try:
+        bound = check_canonical_value_bound(obj)
+    except CanonicalJsonError as exc:
+        raise EventFormatError(FormatReason.NOT_CANONICAL, str(exc)) from None
+    signed = build_signed_event(obj, rules, server_name, signing_key, values_checked=True)
+    # Signing added `hashes` and one signature (`signatures` of `extra` are in `bound`).
+    bound += _SIGNING_BOUND + 6 * (len(server_name) + len(signing_key.key_id))
+    if bound > MAX_PDU_BYTES:
+        return parse_pdu(signed.json, rules, event_id=signed.event_id, check_values=False)
+    return _parse_fields(signed.json, rules, signed.event_id, check_counts=True)

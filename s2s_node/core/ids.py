@@ -11,6 +11,7 @@ event IDs); room version 12 room IDs (MSC4291).
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import re
 from typing import NewType
@@ -24,8 +25,9 @@ EventId = NewType("EventId", str)
 MAX_ID_BYTES = 255
 
 _DNS_NAME = re.compile(r"[A-Za-z0-9.\-]{1,255}")
-_IPV4 = re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}")
-_PORT = re.compile(r"\d{1,5}")
+# ASCII digits only: `\d` would also match other scripts' digits.
+_IPV4 = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")
+_PORT = re.compile(r"[0-9]{1,5}")
 _IPV6_CHARS = re.compile(r"[0-9A-Fa-f:.]{2,45}")
 _COMPLIANT_LOCALPART = re.compile(r"[a-z0-9._=\-/+]+")
 # v4+ event IDs and v12 room IDs: a sigil and 43 characters of URL-safe unpadded base64.
@@ -54,12 +56,21 @@ class IdError(ValueError):
 
 
 def _check_length(value: str, what: str) -> None:
-    if len(value.encode("utf-8")) > MAX_ID_BYTES:
+    # surrogatepass: lone surrogates are rejected by the grammar checks, not here.
+    if len(value) > MAX_ID_BYTES or len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         raise IdError(IdReason.TOO_LONG, f"{what} is longer than {MAX_ID_BYTES} bytes")
 
 
+# Server names repeat in every user and room ID of a room: remember the verdicts on a bounded
+# number of them (a pure function; the bound keeps hostile input from growing the cache).
+_SERVER_NAME_CACHE_SIZE = 4096
+
+
+@functools.lru_cache(maxsize=_SERVER_NAME_CACHE_SIZE)
 def is_valid_server_name(value: str) -> bool:
     """True if `value` matches the spec's `server_name` grammar."""
+    if not isinstance(value, str):
+        return False
     host, port = value, None
     if value.startswith("["):
         end = value.find("]")
@@ -88,6 +99,13 @@ def is_valid_server_name(value: str) -> bool:
     return port is None or (_PORT.fullmatch(port) is not None and int(port) <= 65535)
 
 
+def _has_forbidden_char(localpart: str) -> bool:
+    """NUL or a surrogate: not allowed in any (historical) localpart."""
+    return "\x00" in localpart or (
+        not localpart.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in localpart)
+    )
+
+
 def parse_server_name(value: object) -> ServerName:
     """Validate a server name (`host[:port]`)."""
     if not isinstance(value, str):
@@ -107,6 +125,17 @@ def parse_user_id(value: object, *, historical: bool = True) -> UserId:
     """
     if not isinstance(value, str):
         raise IdError(IdReason.NOT_A_STRING, "user ID is not a string")
+    _check_user_id(value, historical)
+    return UserId(value)
+
+
+# Verdicts on valid IDs are remembered (`lru_cache` keeps no exceptions): the same senders and
+# room IDs come back in every event of a room. Bounded, so hostile input cannot grow it.
+_ID_CACHE_SIZE = 16384
+
+
+@functools.lru_cache(maxsize=_ID_CACHE_SIZE)
+def _check_user_id(value: str, historical: bool) -> None:
     _check_length(value, "user ID")
     if not value.startswith("@"):
         raise IdError(IdReason.BAD_SIGIL, f"{value!r} does not start with '@'")
@@ -116,29 +145,33 @@ def parse_user_id(value: object, *, historical: bool = True) -> UserId:
     if not is_valid_server_name(server):
         raise IdError(IdReason.BAD_SERVER_NAME, f"{value!r} has an invalid server name")
     if historical:
-        if "\x00" in localpart or any(0xD800 <= ord(c) <= 0xDFFF for c in localpart):
+        if _has_forbidden_char(localpart):
             raise IdError(IdReason.BAD_LOCALPART, f"{value!r} has a forbidden character")
     elif not _COMPLIANT_LOCALPART.fullmatch(localpart):
         raise IdError(IdReason.BAD_LOCALPART, f"{value!r} is not a valid new user ID")
-    return UserId(value)
 
 
 def parse_room_id(value: object) -> RoomId:
     """Validate a room ID: `!opaque:server` (v1-v11) or `!` + 43 URL-safe base64 chars (v12)."""
     if not isinstance(value, str):
         raise IdError(IdReason.NOT_A_STRING, "room ID is not a string")
+    _check_room_id(value)
+    return RoomId(value)
+
+
+@functools.lru_cache(maxsize=_ID_CACHE_SIZE)
+def _check_room_id(value: str) -> None:
     _check_length(value, "room ID")
     if not value.startswith("!"):
         raise IdError(IdReason.BAD_SIGIL, f"{value!r} does not start with '!'")
     localpart, sep, server = value[1:].partition(":")
     if sep:
-        if "\x00" in localpart:
+        if _has_forbidden_char(localpart):
             raise IdError(IdReason.BAD_LOCALPART, f"{value!r} has a forbidden character")
         if not is_valid_server_name(server):
             raise IdError(IdReason.BAD_SERVER_NAME, f"{value!r} has an invalid server name")
     elif not _HASH_ID.fullmatch(localpart):
         raise IdError(IdReason.BAD_HASH, f"{value!r} is neither !id:server nor a v12 room ID")
-    return RoomId(value)
 
 
 def parse_event_id(value: object) -> EventId:
@@ -154,7 +187,12 @@ def parse_event_id(value: object) -> EventId:
 
 def is_event_id(value: object) -> bool:
     """True if `value` is a v4+ event ID."""
-    return isinstance(value, str) and len(value) == 44 and _HASH_ID.fullmatch(value[1:]) is not None
+    return (
+        isinstance(value, str)
+        and len(value) == 44
+        and value[0] == "$"
+        and _HASH_ID.fullmatch(value, 1) is not None
+    )
 
 
 def server_of(user_id: str) -> ServerName:

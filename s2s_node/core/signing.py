@@ -25,6 +25,7 @@ import nacl.signing
 from s2s_node.core.canonical import (
     Base64Error,
     JsonDict,
+    check_canonical_value,
     decode_base64,
     encode_base64,
     encode_base64_urlsafe,
@@ -107,7 +108,10 @@ derived_keys: KeyLookup = KeyRing()
 
 
 def _without(obj: Mapping[str, Any], *keys: str) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in keys}
+    copy = dict(obj)
+    for key in keys:
+        copy.pop(key, None)
+    return copy
 
 
 def sign_json(obj: Mapping[str, Any], server_name: str, key: SigningKey) -> JsonDict:
@@ -138,10 +142,10 @@ def check_json_signature(
     given, is the canonical JSON of `obj` without `signatures` and `unsigned` (saves re-encoding).
     """
     signatures = obj.get("signatures")
-    if not isinstance(signatures, Mapping):
+    if type(signatures) is not dict and not isinstance(signatures, Mapping):
         raise SignatureError(SignatureReason.NO_SIGNATURES, server_name, "no signatures object")
     by_server = signatures.get(server_name)
-    if not isinstance(by_server, Mapping) or not by_server:
+    if (type(by_server) is not dict and not isinstance(by_server, Mapping)) or not by_server:
         raise SignatureError(
             SignatureReason.MISSING_SIGNATURE, server_name, f"not signed by {server_name}"
         )
@@ -153,8 +157,6 @@ def check_json_signature(
         if verify_key is None:
             continue
         try:
-            if not isinstance(signature_b64, str):
-                raise Base64Error("not a string")
             signature = decode_base64(signature_b64)
         except Base64Error:
             raise SignatureError(
@@ -206,7 +208,8 @@ _TOP_LEVEL_KEPT = frozenset(
 )
 _TOP_LEVEL_KEPT_LEGACY = _TOP_LEVEL_KEPT | {"origin", "membership", "prev_state"}
 
-_CONTENT_KEPT_V10: dict[str, frozenset[str]] = {
+# Content keys kept by redaction, per event type (room versions 10-12; flags add the rest).
+_CONTENT_KEPT: dict[str, frozenset[str]] = {
     "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
     "m.room.create": frozenset({"creator"}),
     "m.room.join_rules": frozenset({"join_rule", "allow"}),
@@ -216,33 +219,49 @@ _CONTENT_KEPT_V10: dict[str, frozenset[str]] = {
     ),
     "m.room.history_visibility": frozenset({"history_visibility"}),
 }
-_CONTENT_KEPT_V11: dict[str, frozenset[str]] = {
-    **_CONTENT_KEPT_V10,
-    "m.room.power_levels": _CONTENT_KEPT_V10["m.room.power_levels"] | {"invite"},
-    "m.room.redaction": frozenset({"redacts"}),
-}
+_POWER_LEVELS_KEPT_WITH_INVITE = _CONTENT_KEPT["m.room.power_levels"] | {"invite"}
+_REDACTION_KEPT = frozenset({"redacts"})
+_NOTHING: frozenset[str] = frozenset()
+
+
+def _content_kept(event_type: object, rules: RoomVersionRules) -> frozenset[str]:
+    if not isinstance(event_type, str):
+        return _NOTHING
+    if event_type == "m.room.power_levels" and rules.redaction_keeps_power_levels_invite:
+        return _POWER_LEVELS_KEPT_WITH_INVITE
+    if event_type == "m.room.redaction" and rules.redaction_keeps_redacts:
+        return _REDACTION_KEPT
+    return _CONTENT_KEPT.get(event_type, _NOTHING)
 
 
 def redact(event: Mapping[str, Any], rules: RoomVersionRules) -> JsonDict:
-    """The redacted form of `event` under `rules` (a new dict; the input is not changed)."""
+    """The redacted form of `event` under `rules` (a new dict; the input is not changed).
+
+    Spec: rooms/fragments/v9-redactions.md (v10) and v11-redactions.md (v11, v12). Nested
+    values that are kept are shared with the input, not copied.
+    """
+    # 1. Keep only the top-level keys of the room version's list.
     kept_top = (
         _TOP_LEVEL_KEPT_LEGACY
         if rules.redaction_keeps_origin_membership_prev_state
         else _TOP_LEVEL_KEPT
     )
-    redacted: JsonDict = {k: v for k, v in event.items() if k in kept_top}
+    redacted: JsonDict = dict(event)
+    if not kept_top.issuperset(redacted):
+        for key in event.keys() - kept_top:
+            del redacted[key]
     if "content" not in event:
         return redacted
     content = event["content"]
     event_type = event.get("type")
-    if not isinstance(content, Mapping):
+    if type(content) is not dict and not isinstance(content, Mapping):
         redacted["content"] = {}
         return redacted
+    # 2. Inside `content`, keep only the keys listed for the event type.
     if event_type == "m.room.create" and rules.redaction_keeps_all_create_content:
         redacted["content"] = dict(content)
         return redacted
-    table = _CONTENT_KEPT_V11 if rules.redaction_keeps_redacts else _CONTENT_KEPT_V10
-    kept_content = table.get(event_type, frozenset()) if isinstance(event_type, str) else ()
+    kept_content = _content_kept(event_type, rules)
     new_content: JsonDict = {k: v for k, v in content.items() if k in kept_content}
     if (
         event_type == "m.room.member"
@@ -295,7 +314,7 @@ def compute_event_id(event: Mapping[str, Any], rules: RoomVersionRules) -> Event
 def is_content_hash_valid(event: Mapping[str, Any]) -> bool:
     """True if `hashes.sha256` matches the event's content hash."""
     hashes = event.get("hashes")
-    if not isinstance(hashes, Mapping):
+    if type(hashes) is not dict and not isinstance(hashes, Mapping):
         return False
     claimed = hashes.get("sha256")
     if not isinstance(claimed, str):
@@ -306,17 +325,38 @@ def is_content_hash_valid(event: Mapping[str, Any]) -> bool:
         return False
 
 
-def add_hashes_and_signature(
-    event: Mapping[str, Any], rules: RoomVersionRules, server_name: str, key: SigningKey
-) -> JsonDict:
-    """Return the event with its content hash set and signed by `server_name` (outgoing path).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedEvent:
+    """A newly hashed and signed event and its event ID (from the bytes that were signed)."""
 
-    1. content hash over the full event; 2. redact a copy; 3. sign the redacted copy and copy
-    the signature onto the full event.
+    json: JsonDict
+    event_id: EventId
+
+
+def build_signed_event(
+    event: Mapping[str, Any],
+    rules: RoomVersionRules,
+    server_name: str,
+    key: SigningKey,
+    *,
+    values_checked: bool = False,
+) -> SignedEvent:
+    """Set the content hash of `event`, sign it as `server_name`, and compute its event ID.
+
+    Raises `CanonicalJsonError` if a value is not canonical JSON (`values_checked=True`: the
+    caller ran `check_canonical_value` on `event` already). Existing signatures of other
+    servers are kept; `unsigned` is kept and covered by neither hash nor signature.
+    Spec: server-server API "Signing events" and "Calculating the reference hash".
     """
+    if not values_checked:
+        check_canonical_value(event)
     hashed: JsonDict = dict(event)
+    # 1. The content hash, over the full event without unsigned, signatures and hashes.
     hashed["hashes"] = {"sha256": encode_base64(compute_content_hash(hashed))}
-    message = encode_canonical_json(_without(redact(hashed, rules), "signatures", "unsigned"))
+    # 2. Redact a copy and drop signatures and unsigned: the bytes to sign and to hash for the
+    #    reference hash (the event ID) are the same.
+    message = encode_signing_bytes(hashed, rules)
+    # 3. Sign those bytes and put the signature on the full event.
     signatures: dict[str, Any] = {
         k: dict(v)
         for k, v in _as_mapping(hashed.get("signatures")).items()
@@ -324,7 +364,18 @@ def add_hashes_and_signature(
     }
     signatures.setdefault(server_name, {})[key.key_id] = encode_base64(key.sign(message))
     hashed["signatures"] = signatures
-    return hashed
+    event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
+    return SignedEvent(json=hashed, event_id=event_id)
+
+
+def add_hashes_and_signature(
+    event: Mapping[str, Any], rules: RoomVersionRules, server_name: str, key: SigningKey
+) -> JsonDict:
+    """Return the event with its content hash set and signed by `server_name` (outgoing path).
+
+    See `build_signed_event`, which also returns the event ID.
+    """
+    return build_signed_event(event, rules, server_name, key).json
 
 
 def _as_mapping(value: object) -> Mapping[str, Any]:
@@ -341,7 +392,7 @@ def required_signers(event: Mapping[str, Any]) -> list[ServerName]:
     servers = [server_of(sender)] if isinstance(sender, str) else []
     if event.get("type") == "m.room.member":
         content = event.get("content")
-        if isinstance(content, Mapping):
+        if type(content) is dict or isinstance(content, Mapping):
             via = content.get("join_authorised_via_users_server")
             if isinstance(via, str) and ":" in via and server_of(via) not in servers:
                 servers.append(server_of(via))
