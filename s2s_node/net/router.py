@@ -36,6 +36,10 @@ class _Compiled:
     segments: tuple[tuple[bool, str], ...]
 
     @property
+    def shape(self) -> tuple[str | None, ...]:
+        return tuple(None if is_param else text for is_param, text in self.segments)
+
+    @property
     def specificity(self) -> tuple[bool, ...]:
         # Literal segments win over parameters, earliest segment first.
         return tuple(not is_param for is_param, _ in self.segments)
@@ -83,7 +87,8 @@ class Router:
 
     def __init__(self, routes: Iterable[Route]) -> None:
         compiled = [_compile(route) for route in routes]
-        seen = {(c.route.method, c.segments) for c in compiled}
+        # Parameter names do not tell two routes apart: `/a/{b}` and `/a/{c}` are one shape.
+        seen = {(c.route.method, c.shape) for c in compiled}
         if len(seen) != len(compiled):
             raise ValueError("two routes with the same method and pattern")
         # Most specific first, so `/state/x` is tried before `/state/{room}`.
