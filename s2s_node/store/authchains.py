@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from s2s_node.core.authchain import AuthChainIndex
 from s2s_node.core.ids import EventId
 
+
 def load_room_index(conn: sqlite3.Connection, room_nid: int) -> AuthChainIndex:
     """The index of a room's state events, as `RoomGraph` builds it (see the module docstring):
     in insertion order, each state event whose auth events are all in the index already."""

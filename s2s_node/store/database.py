@@ -92,13 +92,8 @@ class Database:
                 )
             try:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-                if not readonly and path != MEMORY:
-                    # Reading the header here is what detects a file that is no database.
-                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                    if str(mode).lower() != "wal":
-                        raise sqlite3.OperationalError(f"cannot switch to WAL (mode {mode})")
-                else:
-                    conn.execute("PRAGMA schema_version").fetchone()
+                # Reading the schema is what detects a file that is no database.
+                conn.execute("PRAGMA schema_version").fetchone()
                 conn.execute(f"PRAGMA synchronous = {durability.value}")
                 conn.execute("PRAGMA foreign_keys = OFF")
                 conn.execute("PRAGMA temp_store = MEMORY")
@@ -106,6 +101,23 @@ class Database:
                 conn.close()
                 raise
         return cls(conn, path, readonly=readonly)
+
+    def enable_wal(self) -> None:
+        """Switch the file to WAL mode (persistent; a no-op in memory). Call it only once the
+        file is known to be ours: it rewrites the header."""
+        if self.path == MEMORY or self.readonly:
+            return
+        with self._lock, translate_errors(self.path):
+            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise sqlite3.OperationalError(f"cannot switch to WAL (journal mode {mode})")
+
+    def check_writable(self) -> None:
+        """Write the header in a transaction, so that a read-only file, directory or file
+        system fails now, at open, and not at the first event."""
+        with self.transaction() as conn:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            conn.execute(f"PRAGMA user_version = {int(version)}")
 
     @property
     def conn(self) -> sqlite3.Connection:

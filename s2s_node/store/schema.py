@@ -157,10 +157,9 @@ def _table_names(conn: sqlite3.Connection) -> set[str]:
     return {str(name) for (name,) in rows}
 
 
-def migrate(conn: sqlite3.Connection, path: str | Path, *, target: int = SCHEMA_VERSION) -> int:
-    """Bring the database of `conn` (autocommit mode) up to schema `target`; return the version
-    it had. `StoreForeignError` if it belongs to another application or a newer schema.
-    """
+def check_header(conn: sqlite3.Connection, path: str | Path) -> int:
+    """The schema version of our database (0 for a new, empty file). `StoreForeignError` if it
+    belongs to another application or to a newer schema. Reads only."""
     application_id, version = read_header(conn)
     if application_id not in (0, APPLICATION_ID):
         raise StoreForeignError(
@@ -181,6 +180,14 @@ def migrate(conn: sqlite3.Connection, path: str | Path, *, target: int = SCHEMA_
             f"schema version {version} was written by a newer s2s-node (this one knows up to"
             f" {SCHEMA_VERSION}); refusing to downgrade it",
         )
+    return version
+
+
+def migrate(conn: sqlite3.Connection, path: str | Path, *, target: int = SCHEMA_VERSION) -> int:
+    """Bring the database of `conn` (autocommit mode) up to schema `target`; return the version
+    it had. `StoreForeignError` if it belongs to another application or a newer schema.
+    """
+    version = check_header(conn, path)
     start = version
     while version < target:
         conn.execute("BEGIN IMMEDIATE")

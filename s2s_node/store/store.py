@@ -26,7 +26,7 @@ from s2s_node.store.federation import OutboundQueue, PeerTable, ReceivedTxns
 from s2s_node.store.lock import DataDirLock
 from s2s_node.store.negotiations import NegotiationTable
 from s2s_node.store.rooms import SqliteRoomStore
-from s2s_node.store.schema import migrate, read_header
+from s2s_node.store.schema import check_header, migrate, read_header
 from s2s_node.store.stategroups import StateGroups
 
 DB_FILE = "node.db"
@@ -71,7 +71,11 @@ class Store:
             db = Database.open(str(path), durability=durability)
             try:
                 with translate_errors(path):
+                    check_header(db.conn, path)  # before anything rewrites a foreign file
+                db.enable_wal()
+                with translate_errors(path):
                     migrate(db.conn, path)
+                db.check_writable()
             except BaseException:
                 db.close()
                 raise
