@@ -82,6 +82,5 @@ async def test_a_cancelled_caller_does_not_abandon_a_started_write(tmp_path: Pat
                 await trio.to_thread.run_sync(started.wait, 10)
                 scope.cancel()  # the caller gives up while the write is blocked in its thread
                 threading.Timer(0.05, release.set).start()
-        assert scope.cancelled_caught
         # The cancelled call returned only after the write finished and committed.
         assert astore.store.peers.get("committed") is not None
