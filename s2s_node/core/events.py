@@ -244,14 +244,22 @@ def parse_pdu(
     event_id: EventId | None = None,
     check_counts: bool = True,
     check_values: bool = True,
+    expected_room_id: str | None = None,
 ) -> Pdu:
     """Check the format of an untrusted event and build a `Pdu`.
 
     `event_id`, when the caller computed it already (e.g. while checking signatures), saves a
-    second hash. Signatures and hashes are not verified here.
+    second hash. `expected_room_id`, when given, is the room the event arrived for (e.g. the
+    room of a join or backfill request): another room ID raises `ROOM_MISMATCH`. Signatures
+    and hashes are not verified here.
     """
     checked = check_event_format(obj, rules, check_counts=check_counts, check_values=check_values)
-    return _parse_fields(checked, rules, event_id, check_counts=check_counts)
+    pdu = _parse_fields(checked, rules, event_id, check_counts=check_counts)
+    if expected_room_id is not None and pdu.room_id != expected_room_id:
+        raise EventFormatError(
+            FormatReason.ROOM_MISMATCH, f"event of {pdu.room_id}, expected {expected_room_id}"
+        )
+    return pdu
 
 
 def _parse_fields(
