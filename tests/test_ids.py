@@ -99,6 +99,8 @@ def test_server_name_must_be_a_string() -> None:
     with pytest.raises(IdError) as exc_info:
         parse_server_name(5)
     assert exc_info.value.reason is IdReason.NOT_A_STRING
+    for value in (5, None, ["matrix.org"], {"a": 1}):
+        assert not is_valid_server_name(value)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------------------------

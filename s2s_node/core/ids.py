@@ -66,11 +66,13 @@ def _check_length(value: str, what: str) -> None:
 _SERVER_NAME_CACHE_SIZE = 4096
 
 
-@functools.lru_cache(maxsize=_SERVER_NAME_CACHE_SIZE)
 def is_valid_server_name(value: str) -> bool:
     """True if `value` matches the spec's `server_name` grammar."""
-    if not isinstance(value, str):
-        return False
+    return isinstance(value, str) and _is_valid_server_name(value)
+
+
+@functools.lru_cache(maxsize=_SERVER_NAME_CACHE_SIZE)
+def _is_valid_server_name(value: str) -> bool:
     host, port = value, None
     if value.startswith("["):
         end = value.find("]")
