@@ -4,8 +4,10 @@ Owns: the network backend that turns the host of a URL (a node identifier) into 
 discovery or static config knows for it (`resolve`), deadlines on every call (connect, read,
 write, pool, and the whole request), signing requests with X-Matrix, content negotiation (CBOR
 bodies to peers that advertise `enc=cbor`; `Accept` says what we read), a cap on response size,
-and typed errors for what goes wrong (`PeerUnreachable`, `RemoteError`, `BadResponse`). Must
-not: retry or queue (the outbound queues do), or decide which peers exist.
+typed errors for what goes wrong (`PeerUnreachable`, `RemoteError`, `BadResponse`), and, with
+TLS on, the post-handshake pin check of every connection (`PinningNetworkBackend`: the server's
+certificate key must be the key of the identifier dialled). Must not: retry or queue (the
+outbound queues do), or decide which peers exist.
 
 Spec: server-server API "Request Authentication" (matrix-digest 8.1); DESIGN.md section 7.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -24,7 +27,7 @@ import httpcore
 import trio
 
 from s2s_node.core.canonical import JsonValue
-from s2s_node.core.keys import SigningKey
+from s2s_node.core.keys import SigningKey, is_identifier
 from s2s_node.core.wire import (
     CBOR_CONTENT_TYPE,
     JSON_CONTENT_TYPE,
@@ -35,6 +38,10 @@ from s2s_node.core.wire import (
     encode_body,
 )
 from s2s_node.core.xmatrix import sign_request
+from s2s_node.net.tls import ClientTls, PinError, check_pinned, parse_certificate_identifier
+from s2s_node.net.tls_channels import Direction
+
+logger = logging.getLogger(__name__)
 
 # identifier -> (host, port) it can be reached at, or None when unknown.
 Resolve = Callable[[str], "tuple[str, int] | None"]
@@ -50,6 +57,7 @@ class TransportReason(enum.Enum):
     CONNECT = "connect"  # refused, unreachable, reset while connecting
     TIMEOUT = "timeout"  # a deadline passed (connect, write, read, pool or the whole call)
     PROTOCOL = "protocol"  # the connection broke or the peer spoke bad HTTP
+    PIN = "pin"  # TLS: the peer's certificate key is not the key its identifier encodes
 
 
 class BadResponseReason(enum.Enum):
@@ -167,6 +175,105 @@ class PeerNetworkBackend(httpcore.AsyncNetworkBackend):
         await self._inner.sleep(seconds)
 
 
+class _PinFailedError(httpcore.ConnectError):
+    pass
+
+
+class _PinnedStream(httpcore.AsyncNetworkStream):
+    """A TCP stream whose TLS handshake is followed by the pin check."""
+
+    def __init__(
+        self, inner: httpcore.AsyncNetworkStream, host: str, port: int, tls: ClientTls
+    ) -> None:
+        self._inner = inner
+        self._host = host
+        self._port = port
+        self._tls = tls
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+    async def start_tls(
+        self,
+        ssl_context: Any,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        """Handshake with the node's client context, then pin; no SNI (the name stays private)."""
+        tls = self._tls
+        cap = tls.handshake_timeout_s
+        # A dialled identifier is pinned; a dialled IP literal (a static peer before its
+        # identifier is known) is encrypted and its identifier learned from the key.
+        expected = self._host if is_identifier(self._host) else None
+        peer = expected if expected is not None else f"{self._host}:{self._port}"
+        try:
+            stream = await self._inner.start_tls(
+                tls.context,
+                server_hostname=None,
+                timeout=cap if timeout is None else min(timeout, cap),
+            )
+        except httpcore.ConnectError as exc:
+            tls.channels.record_failure(peer, direction=Direction.OUTBOUND, reason="handshake")
+            raise httpcore.ConnectError(f"TLS handshake failed: {exc!r}"[:300]) from exc
+        except httpcore.TimeoutException:
+            tls.channels.record_failure(peer, direction=Direction.OUTBOUND, reason="timeout")
+            raise
+        ssl_object = stream.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            if expected is not None:
+                identifier = check_pinned(der, expected)
+            else:
+                identifier = parse_certificate_identifier(der)
+        except PinError as exc:
+            logger.warning("refusing TLS server %s: %s", peer[:80], exc)
+            tls.channels.record_failure(peer, direction=Direction.OUTBOUND, reason=exc.reason.value)
+            await stream.aclose()
+            raise _PinFailedError(str(exc)) from None
+        tls.channels.record_success(
+            peer, identifier=identifier, direction=Direction.OUTBOUND, pinned=expected is not None
+        )
+        return stream
+
+
+class PinningNetworkBackend(httpcore.AsyncNetworkBackend):
+    """Wraps a backend so that every TLS connection it opens is pinned (see `_PinnedStream`)."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, tls: ClientTls) -> None:
+        self._inner = inner
+        self._tls = tls
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(
+            host, port, timeout=timeout, local_address=local_address, socket_options=socket_options
+        )
+        return _PinnedStream(stream, host, port, self._tls)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("peers are reached over TCP only")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
 # ----------------------------------------------------------------------------------------------
 # Requests
 
@@ -214,18 +321,25 @@ class FederationClient:
         read_cbor: bool = True,
         origin: str | None = None,
         network_backend: httpcore.AsyncNetworkBackend | None = None,
+        tls: ClientTls | None = None,
     ) -> None:
+        """`tls` (from `net.tls.build_transport_security`) makes every request HTTPS, pinned."""
         self.key = key
         self.origin = key.identifier if origin is None else origin
         self.limits = limits
+        self.tls = tls
         self._accept = build_accept(read_cbor=read_cbor)
+        backend = network_backend or PeerNetworkBackend(resolve)
+        if tls is not None:
+            backend = PinningNetworkBackend(backend, tls)
         self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=tls.context if tls is not None else None,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_connections,
             keepalive_expiry=limits.keepalive_expiry_s,
             http1=True,
             http2=False,
-            network_backend=network_backend or PeerNetworkBackend(resolve),
+            network_backend=backend,
         )
 
     async def aclose(self) -> None:
@@ -276,7 +390,8 @@ class FederationClient:
             )
             headers.append(("authorization", authorization))
         host, port = _split_destination(destination)
-        url = httpcore.URL(scheme=b"http", host=host.encode("ascii"), port=port, target=target)
+        scheme = b"https" if self.tls is not None else b"http"
+        url = httpcore.URL(scheme=scheme, host=host.encode("ascii"), port=port, target=target)
         limits = self.limits
         timeouts = {
             "connect": limits.connect_timeout_s,
@@ -306,6 +421,8 @@ class FederationClient:
             raise PeerUnreachable(TransportReason.TIMEOUT, destination, "deadline") from None
         except _NoAddressError as exc:
             raise PeerUnreachable(TransportReason.NO_ADDRESS, destination, str(exc)) from None
+        except _PinFailedError as exc:
+            raise PeerUnreachable(TransportReason.PIN, destination, str(exc)) from None
         except httpcore.TimeoutException as exc:
             raise PeerUnreachable(TransportReason.TIMEOUT, destination, repr(exc)) from None
         except httpcore.ConnectError as exc:
@@ -371,9 +488,12 @@ async def open_federation_client(
     limits: ClientLimits = ClientLimits(),
     read_cbor: bool = True,
     origin: str | None = None,
+    tls: ClientTls | None = None,
 ) -> AsyncIterator[FederationClient]:
     """A `FederationClient` whose connections are closed on exit."""
-    client = FederationClient(key, resolve, limits=limits, read_cbor=read_cbor, origin=origin)
+    client = FederationClient(
+        key, resolve, limits=limits, read_cbor=read_cbor, origin=origin, tls=tls
+    )
     try:
         yield client
     finally:

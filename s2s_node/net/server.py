@@ -4,7 +4,8 @@ Owns: accepting connections (`serve_http`), reading requests with h11 under a de
 request (headers and body) and an idle keep-alive timeout, the caps on header size, body size and
 connections (in total and per remote address), answering malformed HTTP with 400 and closing,
 `Expect: 100-continue`, calling the handler and turning its exceptions into Matrix error
-responses (typed errors through net.errors' table, anything else a logged 500). Must not: know
+responses (typed errors through net.errors' table, anything else a logged 500), and running
+each connection through net.tls's handshake when the listener speaks TLS. Must not: know
 about routes, X-Matrix or federation; never crash on what a client sends.
 
 Pattern: h11's own trio example (p2p-prior-art section 4.1), with the caps made explicit.
@@ -39,6 +40,14 @@ from s2s_node.net.http import (
     build_error_response,
     build_response,
     parse_query,
+)
+from s2s_node.net.tls import (
+    AcceptError,
+    AcceptReason,
+    ConnectionSecurity,
+    ServerTls,
+    accept_tls,
+    bind_connection_security,
 )
 
 logger = logging.getLogger(__name__)
@@ -307,16 +316,34 @@ async def _close_gracefully(stream: trio.abc.Stream) -> None:
     await trio.aclose_forcefully(stream)
 
 
-async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
+async def _refuse(
+    stream: trio.abc.Stream, reason: str, status: int = 429, errcode: str = M_LIMIT_EXCEEDED
+) -> None:
     conn = _Connection(stream, HttpLimits(response_timeout_s=REFUSAL_WRITE_S), None)
-    await conn.send_error_and_close(429, M_LIMIT_EXCEEDED, reason)
+    await conn.send_error_and_close(status, errcode, reason)
     await _close_gracefully(stream)
 
 
 async def serve_connection(
-    stream: trio.abc.Stream, handler: Handler, limits: HttpLimits = HttpLimits()
+    stream: trio.abc.Stream,
+    handler: Handler,
+    limits: HttpLimits = HttpLimits(),
+    *,
+    security: ConnectionSecurity | None = None,
 ) -> None:
-    """Serve HTTP/1.1 requests on one connection until it closes (no connection caps)."""
+    """Serve HTTP/1.1 requests on one connection until it closes (no connection caps).
+
+    `security` (TLS or not, and the client's certificate identifier) is what handlers read
+    through `net.tls.CONNECTION_SECURITY` / `current_tls_peer()` while serving this connection.
+    """
+    if security is not None:
+        with bind_connection_security(security):
+            await _serve_connection(stream, handler, limits)
+    else:
+        await _serve_connection(stream, handler, limits)
+
+
+async def _serve_connection(stream: trio.abc.Stream, handler: Handler, limits: HttpLimits) -> None:
     connection = _Connection(stream, limits, remote_address(stream))
     first = True
     while True:
@@ -345,11 +372,15 @@ async def serve_http(
     host: str = "127.0.0.1",
     port: int = 0,
     limits: HttpLimits = HttpLimits(),
+    tls: ServerTls | None = None,
     task_status: trio.TaskStatus[list[trio.abc.Listener[Any]]] = trio.TASK_STATUS_IGNORED,
 ) -> NoReturn:
     """Serve HTTP on `listeners` (or on new TCP listeners at host:port; port 0 picks one).
 
-    Runs until cancelled. `task_status.started` receives the listeners (for the bound port).
+    With `tls` (from `net.tls.build_transport_security`), every connection starts with a TLS
+    1.3 handshake under its deadline; plain HTTP is answered 400 and closed; handlers see the
+    client's certificate identifier through `net.tls.current_tls_peer()`. Runs until
+    cancelled. `task_status.started` receives the listeners (for the bound port).
     """
     if listeners is None:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -364,7 +395,12 @@ async def serve_http(
             await _refuse(stream, refusal)
             return
         try:
-            await serve_connection(stream, handler, limits)
+            if tls is None:
+                await serve_connection(
+                    stream, handler, limits, security=ConnectionSecurity(tls=False, peer=None)
+                )
+            else:
+                await _serve_tls_connection(stream, handler, limits, tls, address)
         except Exception:  # never let one connection take the server down
             logger.exception("connection from %s failed", address)
         finally:
@@ -372,6 +408,22 @@ async def serve_http(
 
     await trio.serve_listeners(accept, list(listeners), task_status=task_status)
     raise AssertionError("trio.serve_listeners returned")  # pragma: no cover
+
+
+async def _serve_tls_connection(
+    stream: trio.abc.Stream, handler: Handler, limits: HttpLimits, tls: ServerTls, address: str
+) -> None:
+    try:
+        channel = await accept_tls(stream, tls, address)
+    except AcceptError as exc:
+        if exc.reason is AcceptReason.PLAIN_HTTP:
+            await _refuse(exc.stream, "this listener speaks TLS 1.3 only", 400, M_UNRECOGNIZED)
+        else:
+            await trio.aclose_forcefully(exc.stream)
+        return
+    await serve_connection(
+        channel.stream, handler, limits, security=ConnectionSecurity(tls=True, peer=channel.peer)
+    )
 
 
 def bound_port(listeners: Sequence[trio.abc.Listener[Any]]) -> int:
