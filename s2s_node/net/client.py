@@ -406,7 +406,7 @@ class FederationClient:
                     method,
                     url,
                     headers=headers,
-                    content=content,
+                    content=_RequestBody(content) if content is not None else None,
                     extensions={"timeout": timeouts},
                 ) as response:
                     status = response.status
@@ -437,6 +437,28 @@ class FederationClient:
             return status, decode_body(response_type, data, max_bytes=limits.max_response_bytes)
         except WireError as exc:
             raise BadResponse(BadResponseReason.UNDECODABLE, status, str(exc)) from None
+
+
+class _RequestBody:
+    """A request body as an async iterator that is not an async generator.
+
+    httpcore wraps a `bytes` body in an async generator; when the connection breaks while it
+    writes (e.g. a TLS server refusing the client's certificate after the handshake looked
+    done), that generator is left unfinished and only cleaned up at garbage collection, with
+    a ResourceWarning. A plain iterator object has nothing to finalize.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data: bytes | None = data
+
+    def __aiter__(self) -> _RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._data is None:
+            raise StopAsyncIteration
+        data, self._data = self._data, None
+        return data
 
 
 def _header(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> str | None:
