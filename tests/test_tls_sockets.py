@@ -426,3 +426,25 @@ async def test_wire_shows_no_content_over_tls(nursery: trio.Nursery, use_tls: bo
         assert visible == []
     else:  # the control: the tap does see plain HTTP
         assert MARKER in visible and "/_matrix/federation" in visible
+
+
+async def test_idle_tls_connection_is_closed(nursery: trio.Nursery) -> None:
+    alice, bob = fresh_security(b"\x0a" * 32), fresh_security(b"\x0b" * 32)
+    assert alice.client is not None
+    with trio.fail_after(TEST_DEADLINE_S):
+        listeners = await nursery.start(
+            functools.partial(
+                serve_http,
+                make_router([]),
+                limits=HttpLimits(request_timeout_s=0.3, idle_timeout_s=0.3),
+                tls=bob.server,
+            )
+        )
+        tcp = await trio.open_tcp_stream("127.0.0.1", bound_port(listeners))
+        stream = trio.SSLStream(tcp, alice.client.context, https_compatible=True)
+        await stream.do_handshake()
+        started = trio.current_time()
+        with contextlib.suppress(trio.BrokenResourceError):  # reset, or closed:
+            assert await stream.receive_some(1024) == b""
+        assert trio.current_time() - started < 3.0
+        await trio.aclose_forcefully(stream)
