@@ -41,6 +41,7 @@ _MEMBER = "m.room.member"
 _PL_KEY: StateKey = (_POWER_LEVELS, "")
 
 _T = TypeVar("_T", bound=Hashable)
+_R = TypeVar("_R")
 
 
 def _never_rejected(_event_id: EventId) -> bool:
@@ -91,6 +92,11 @@ def resolve(
     sets = compute_conflicted_state(rules, state_sets, auth_chains, unconflicted, conflicted)
     full_conflicted_set = sets.full_conflicted_set
     events = {event_id: get_event(event_id) for event_id in full_conflicted_set}
+    # One resolution looks the same auth events up thousands of times: memoise the caller's
+    # lookups for its duration (the caller's may go through a store).
+    get_event = _memoised(get_event, dict(events))
+    if is_rejected is not _never_rejected:
+        is_rejected = _memoised(is_rejected, {})
 
     # Step 1: the power events of the full conflicted set, together with the events of their
     # auth chains that are in the full conflicted set, sorted by reverse topological power
@@ -344,6 +350,19 @@ def _mainline_sort(
     return [item[3] for item in keyed]
 
 
+def _memoised(lookup: Callable[[EventId], _R], cache: dict[EventId, _R]) -> Callable[[EventId], _R]:
+    """`lookup` with its answers kept in `cache` (pre-filled entries are used as they are)."""
+
+    def cached(event_id: EventId) -> _R:
+        try:
+            return cache[event_id]
+        except KeyError:
+            value = cache[event_id] = lookup(event_id)
+            return value
+
+    return cached
+
+
 def _iterative_auth_checks(
     events: Sequence[Pdu],
     base_state: dict[StateKey, EventId],
@@ -364,17 +383,24 @@ def _iterative_auth_checks(
     check_rejected = is_rejected is not _never_rejected
     for event in events:
         auth_state: dict[StateKey, Pdu] = {}
-        for auth_id in event.auth_event_ids:
-            if check_rejected and is_rejected(auth_id):
-                continue
-            auth_event = get_event(auth_id)
-            key = auth_event.state_tuple
-            if key is not None:
-                auth_state[key] = auth_event
+        incomplete = False
         for key in compute_auth_keys(event):
             state_id = state.get(key)
             if state_id is not None and not (check_rejected and is_rejected(state_id)):
                 auth_state[key] = get_event(state_id)
+            else:
+                incomplete = True
+        # The event's own auth events fill the keys the partial state lacks. (When it has them
+        # all, the own ones would all be overridden: `check_auth` reads only the keys
+        # `compute_auth_keys` names.)
+        if incomplete:
+            for auth_id in event.auth_event_ids:
+                if check_rejected and is_rejected(auth_id):
+                    continue
+                auth_event = get_event(auth_id)
+                auth_key = auth_event.state_tuple
+                if auth_key is not None and auth_key not in auth_state:
+                    auth_state[auth_key] = auth_event
         try:
             check_auth(event, auth_state)
         except AuthError:
