@@ -30,7 +30,7 @@ Theory of operation (h11 style):
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -683,7 +683,7 @@ class _NoMethodError(Exception):
 
 
 def replay(
-    events: list[EventView] | tuple[EventView, ...],
+    events: Iterable[EventView],
     *,
     settings: NegotiationSettings,
     current_version: str,
