@@ -1,7 +1,8 @@
 """X-Matrix authentication of incoming federation requests (the HTTP side of core.xmatrix).
 
 Owns: taking a `Request`, decoding its body (the signed `content`) and checking its
-Authorization headers against the origin's key. Must not: know routes or answer requests;
+Authorization headers against the origin's key, and, over TLS, that the origin is the TLS
+client of the connection. Must not: know routes or answer requests;
 failures are typed errors (`XMatrixError` -> 401, `WireError` -> 400/413 through net.errors).
 
 Spec: server-server API "Request Authentication" (matrix-digest 8.1).
@@ -17,6 +18,7 @@ from s2s_node.core.signing import KeyLookup, derived_keys
 from s2s_node.core.wire import decode_body
 from s2s_node.core.xmatrix import XMatrixError, XMatrixReason, check_request_auth
 from s2s_node.net.http import Request
+from s2s_node.net.tls import check_origin_is_tls_peer
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,4 +52,7 @@ def authenticate_request(
         our_server_name,
         keys,
     )
+    # On a TLS listener the signer must also be the TLS client (DESIGN section 7); on a plain
+    # one this passes. Done here so that no route can forget it.
+    check_origin_is_tls_peer(origin)
     return AuthenticatedRequest(origin=origin, content=content, request=request)
