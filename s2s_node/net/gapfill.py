@@ -1,0 +1,211 @@
+"""Gap filling: fetching the events a received event cites but this node lacks.
+
+Owns: `fetch_history`, which walks back from events a peer has (`latest`) to events this node
+has (`earliest`, or the create event), with `POST /get_missing_events` pages, then single
+`GET /event` requests for auth events the walk over prev_events did not reach, within a bound
+on the number of events; and `fill_gap`, which fetches and submits what was fetched to the same
+receive pipeline as every other event (parents first), then the deferred events again. Must not:
+accept anything itself (the rooms' ingest does every check) or loop without a bound.
+
+DEVIATION: the spec lets a receiver fall back to `/state_ids` and fetch the state at the gap
+when the gap is large. This node's room graph keeps no partial state (every event's
+prev_events must be stored before it is evaluated), so state alone cannot place the event. A
+gap larger than `MAX_GAP_EVENTS` is not filled inline while answering a `/send`; the events stay
+deferred (answered with an error) and the node catches the room up in the background with the
+same walk in larger pages (`catch_up`, bounded by `MAX_HISTORY_EVENTS`). Pinned by
+tests/test_federation_gaps.py.
+
+Spec: server-server API "Checks performed on receipt of a PDU" (missing events are fetched
+before steps 4-5; digest 8.3), `get_missing_events` and `event` (digest 8.4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
+
+from s2s_node.core.canonical import JsonDict
+from s2s_node.core.events import EventFormatError, parse_pdu
+from s2s_node.core.ids import EventId, RoomId
+from s2s_node.core.ingest import Outcome, Verdict
+from s2s_node.core.rules import RoomVersionRules
+from s2s_node.net.client import FederationClient, FederationClientError, build_path
+
+logger = logging.getLogger(__name__)
+
+GET_MISSING_EVENTS_PATH = "/_matrix/federation/v1/get_missing_events/{}"
+EVENT_PATH = "/_matrix/federation/v1/event/{}"
+# Events fetched for one gap while answering a transaction (the sender waits meanwhile).
+MAX_GAP_EVENTS = 1_000
+# Events asked per get_missing_events page while filling a gap inline.
+GAP_PAGE = 100
+# Catching up a whole room (after a join, or a gap too large to fill inline).
+MAX_HISTORY_EVENTS = 200_000
+HISTORY_PAGE = 1_000
+# Auth events fetched one by one (`/event`) when the walk over prev_events does not reach them.
+MAX_SINGLE_FETCHES = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class History:
+    """Events fetched from a peer, parents first; `complete` when nothing cited is missing."""
+
+    events: list[JsonDict]
+    complete: bool
+    missing: frozenset[EventId]
+
+
+Known = Callable[[Collection[EventId]], Awaitable[set[EventId]]]
+
+
+def _event_id_of(obj: object, rules: RoomVersionRules) -> tuple[EventId, int, list[EventId]] | None:
+    try:
+        pdu = parse_pdu(obj, rules, check_counts=False)
+    except EventFormatError:
+        return None
+    return pdu.event_id, pdu.depth, [*pdu.prev_events, *pdu.auth_event_ids]
+
+
+async def fetch_history(
+    client: FederationClient,
+    destination: str,
+    room_id: RoomId,
+    rules: RoomVersionRules,
+    *,
+    latest: Sequence[EventId],
+    earliest: Sequence[EventId],
+    cited: Collection[EventId],
+    known: Known,
+    max_events: int,
+    page: int,
+) -> History:
+    """Fetch from `destination` the events between what we have and `latest`.
+
+    `cited` are the event IDs the events we want to place cite; `known(ids)` says which of
+    some IDs this node has. Returns the fetched events sorted by depth (parents first).
+    """
+    pool: dict[EventId, tuple[int, JsonDict, list[EventId]]] = {}
+    frontier = list(latest)
+    wanted = set(cited) - await known(set(cited))
+    single_fetches = 0
+    while wanted and len(pool) < max_events:
+        limit = min(page, max_events - len(pool))
+        events = await _get_missing_events(client, destination, room_id, earliest, frontier, limit)
+        fresh = 0
+        for obj in events:
+            parsed = _event_id_of(obj, rules)
+            if parsed is None or parsed[0] in pool or not isinstance(obj, dict):
+                continue
+            pool[parsed[0]] = (parsed[1], obj, parsed[2])
+            fresh += 1
+        if not fresh:
+            # The walk over prev_events gives nothing new: ask for the missing IDs one by one
+            # (auth events off the prev_events path), within a bound.
+            wanted -= set(pool)
+            take = sorted(wanted)[: max(0, MAX_SINGLE_FETCHES - single_fetches)]
+            if not take:
+                break
+            single_fetches += len(take)
+            for event_id in take:
+                obj = await _get_event(client, destination, event_id)
+                parsed = None if obj is None else _event_id_of(obj, rules)
+                if obj is not None and parsed is not None and parsed[0] == event_id:
+                    pool[event_id] = (parsed[1], obj, parsed[2])
+        cites = {c for _, _, refs in pool.values() for c in refs} | set(cited)
+        unknown = cites - set(pool)
+        wanted = unknown - await known(unknown)
+        # Walk on from the fetched events that cite what is still missing.
+        frontier = sorted(e for e, (_, _, refs) in pool.items() if wanted.intersection(refs))
+        if not frontier:
+            break
+    ordered = sorted(pool.items(), key=lambda item: (item[1][0], item[0]))
+    return History(
+        events=[obj for _, (_, obj, _) in ordered],
+        complete=not wanted,
+        missing=frozenset(wanted),
+    )
+
+
+async def _get_missing_events(
+    client: FederationClient,
+    destination: str,
+    room_id: RoomId,
+    earliest: Sequence[EventId],
+    latest: Sequence[EventId],
+    limit: int,
+) -> list[object]:
+    body: JsonDict = {
+        "earliest_events": list(earliest),
+        "latest_events": list(latest),
+        "limit": limit,
+        "min_depth": 0,
+    }
+    try:
+        _, answer = await client.request(
+            destination, "POST", build_path(GET_MISSING_EVENTS_PATH, room_id), body=body
+        )
+    except FederationClientError as exc:
+        logger.info("get_missing_events from %s failed: %s", destination[:12], exc)
+        return []
+    events = answer.get("events") if isinstance(answer, dict) else None
+    return list(events) if isinstance(events, list) else []
+
+
+async def _get_event(
+    client: FederationClient, destination: str, event_id: EventId
+) -> JsonDict | None:
+    try:
+        _, answer = await client.request(destination, "GET", build_path(EVENT_PATH, event_id))
+    except FederationClientError as exc:
+        logger.info("event %s from %s failed: %s", event_id, destination[:12], exc)
+        return None
+    pdus = answer.get("pdus") if isinstance(answer, dict) else None
+    if isinstance(pdus, list) and len(pdus) == 1 and isinstance(pdus[0], dict):
+        return pdus[0]
+    return None
+
+
+Ingest = Callable[[Sequence[object]], Awaitable[list[Verdict]]]
+
+
+async def fill_gap(
+    client: FederationClient,
+    destination: str,
+    room_id: RoomId,
+    rules: RoomVersionRules,
+    deferred: Sequence[tuple[JsonDict, Verdict]],
+    *,
+    earliest: Sequence[EventId],
+    known: Known,
+    ingest: Ingest,
+    max_events: int = MAX_GAP_EVENTS,
+    page: int = GAP_PAGE,
+) -> tuple[list[Verdict], History]:
+    """Fetch what deferred events miss from `destination`, ingest it parents first, then
+    submit the deferred events again; their new verdicts, in order, and what was fetched."""
+    latest = [v.event_id for _, v in deferred if v.event_id is not None]
+    cited = {m for _, v in deferred for m in v.missing}
+    history = await fetch_history(
+        client,
+        destination,
+        room_id,
+        rules,
+        latest=latest,
+        earliest=earliest,
+        cited=cited,
+        known=known,
+        max_events=max_events,
+        page=page,
+    )
+    if history.events:
+        verdicts = await ingest(history.events)
+        refused = sum(1 for v in verdicts if v.outcome is not Outcome.ACCEPTED)
+        logger.info(
+            "filled a gap in %s from %s: %d events (%d not accepted)",
+            room_id,
+            destination[:12],
+            len(verdicts),
+            refused,
+        )
+    return await ingest([obj for obj, _ in deferred]), history

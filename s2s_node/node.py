@@ -1,0 +1,588 @@
+"""The composition root: `Node` and `open_node(config)`.
+
+Owns: wiring the store, the rooms, the federation client and routes, the HTTP server, the
+outbound senders and static-peer learning into one nursery (`async with open_node(config) as
+node:`), and the Python API a P2P client embeds: `create_room`, `invite`, `join`, `leave`,
+`send_event`, `room_state`, `subscribe`, `add_peer_address`, `wake`. Must not: implement any
+protocol step itself (rooms, net and core do) or print (cli does).
+
+Seams for discovery (another module, later): `add_peer_address(identifier, host, port, cbor=)`
+records where a peer is and wakes its queue; `wake(identifier)` retries it at once.
+
+Design: DESIGN.md sections 2 (the composition root), 7, 10 (Python embedding API), 11.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from s2s_node.config import Config, HostPort
+from s2s_node.core.auth import S2S_ROOM_TYPES, StateKey
+from s2s_node.core.canonical import JsonDict, JsonValue
+from s2s_node.core.events import EventFormatError, Pdu, parse_pdu
+from s2s_node.core.ids import (
+    EventId,
+    RoomId,
+    ServerName,
+    UserId,
+    is_server_user,
+    server_of,
+    server_user,
+)
+from s2s_node.core.ingest import Outcome, Verdict
+from s2s_node.core.keys import SigningKey
+from s2s_node.core.peers import KeyDocumentError
+from s2s_node.core.room import RoomGraph
+from s2s_node.core.signing import SignatureError, check_event, derived_keys
+from s2s_node.datadir import create_signing_key, resolve_data_dir
+from s2s_node.net.client import (
+    ClientLimits,
+    FederationClient,
+    FederationClientError,
+    build_path,
+    open_federation_client,
+)
+from s2s_node.net.fed_membership import (
+    MembershipApi,
+    TemplateError,
+    build_from_template,
+    check_template,
+)
+from s2s_node.net.federation import V1, V2, FederationApi, build_routes
+from s2s_node.net.gapfill import (
+    HISTORY_PAGE,
+    MAX_HISTORY_EVENTS,
+    fetch_history,
+    fill_gap,
+)
+from s2s_node.net.outbound import BackoffPolicy, OutboundSenders
+from s2s_node.net.peers import PeerAddress, PeerBook, learn_peer
+from s2s_node.net.router import Router
+from s2s_node.net.server import HttpLimits, bound_port, serve_http
+from s2s_node.rooms import LocalEvent, NodeRooms, Subscription, compute_servers_in_room
+from s2s_node.store import AsyncStore, Store, open_async_store
+from s2s_node.store.federation import PeerRecord
+
+logger = logging.getLogger(__name__)
+
+ROOM_TYPES = {"unstable": "support.feline.s2s", "stable": "m.s2s"}
+SUPPORTED_VERSIONS = ("10", "11", "12")
+# Learning a static peer: first retry after this, doubling up to the cap.
+STATIC_PEER_RETRY_S = 1.0
+STATIC_PEER_RETRY_MAX_S = 30.0
+# Room history a join fetches per get_missing_events page.
+JOIN_HISTORY_PAGE = HISTORY_PAGE
+
+
+class JoinError(Exception):
+    """A join could not be completed (bad template, refused, or the room did not check out)."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Invite:
+    """An invite this node received for a room it is not in yet."""
+
+    event: Pdu
+    invite_room_state: tuple[JsonValue, ...]
+
+
+class Node:
+    """A running node. Make it with `open_node`."""
+
+    def __init__(
+        self,
+        *,
+        config: Config,
+        key: SigningKey,
+        data_dir: Path,
+        astore: AsyncStore,
+        client: FederationClient,
+        peers: PeerBook,
+        nursery: trio.Nursery,
+        backoff: BackoffPolicy,
+        cbor: bool,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.config = config
+        self.key = key
+        self.identifier: ServerName = key.identifier
+        self.server_user: UserId = server_user(key.identifier)
+        self.data_dir = data_dir
+        self.astore = astore
+        self.client = client
+        self.peers = peers
+        self.now_ms = clock
+        self._nursery = nursery
+        self.outbound = OutboundSenders(
+            astore,
+            client,
+            origin=self.identifier,
+            now_ms=clock,
+            reads_cbor=lambda peer: cbor and peers.reads_cbor(peer),
+            policy=backoff,
+        )
+        self.rooms = NodeRooms(astore, key, now_ms=clock, on_enqueued=self.outbound.notify)
+        self.federation = FederationApi(
+            rooms=self.rooms, key=key, now_ms=clock, fill_gap=self._fill_gap, cbor=cbor
+        )
+        self.federation.room_pending = self._room_pending
+        self.membership = MembershipApi(self.federation, on_invite=self._on_invite)
+        self.router = Router(build_routes(self.federation, self.membership))
+        self.invites: dict[RoomId, Invite] = {}
+        self.federation_address: tuple[str, int] | None = None
+        self._joining: dict[str, trio.Event] = {}
+        self._catching_up: set[str] = set()
+
+    # -- addresses and peers
+
+    @property
+    def federation_url(self) -> str:
+        assert self.federation_address is not None
+        host, port = self.federation_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def add_peer_address(
+        self, identifier: str, host: str, port: int, *, cbor: bool = False
+    ) -> None:
+        """Where `identifier` can be reached (discovery or static config); wakes its queue."""
+        address = PeerAddress(host=host, port=port, cbor=cbor)
+        self.peers.set(identifier, address)
+        record = PeerRecord(
+            server_name=identifier,
+            address=f"{host}:{port}",
+            last_seen_ms=self.now_ms(),
+            info={"host": host, "port": port, "cbor": cbor},
+        )
+        await self.astore.write(lambda store: store.peers.put(record))
+        self.wake(identifier)
+
+    def wake(self, identifier: str) -> None:
+        """Retry deliveries to `identifier` at once (discovery saw it again)."""
+        self.outbound.wake(identifier)
+
+    async def _load_peers(self) -> None:
+        records = await self.astore.read(lambda store: store.peers.all())
+        for record in records:
+            info = record.info or {}
+            host, port = info.get("host"), info.get("port")
+            if isinstance(host, str) and isinstance(port, int):
+                cbor = info.get("cbor") is True
+                self.peers.set(record.server_name, PeerAddress(host=host, port=port, cbor=cbor))
+
+    async def _learn_static_peer(self, peer: HostPort) -> None:
+        delay = STATIC_PEER_RETRY_S
+        while True:
+            try:
+                identifier, address = await learn_peer(self.client, peer.host, peer.port, now_ms)
+            except (FederationClientError, KeyDocumentError) as exc:
+                logger.info("static peer %s not ready: %s", peer, exc)
+            else:
+                if identifier != self.identifier:
+                    logger.info("static peer %s is %s", peer, identifier)
+                    await self.add_peer_address(
+                        identifier, address.host, address.port, cbor=address.cbor
+                    )
+                return
+            await trio.sleep(delay)
+            delay = min(delay * 2, STATIC_PEER_RETRY_MAX_S)
+
+    # -- the Python API
+
+    def subscribe(self, room: str | None = None) -> Subscription:
+        """Accepted events (local and remote) of `room` (or all rooms) from now on."""
+        return self.rooms.subscribe(room)
+
+    async def create_room(
+        self,
+        *,
+        room_type: str | None = None,
+        room_version: str | None = None,
+        creator: str | None = None,
+        join_rule: str = "invite",
+        invite: Sequence[str] = (),
+    ) -> RoomId:
+        """Create a room (the creator defaults to the server user, who creates only s2s rooms:
+        anything else raises `AuthError` S2S_SERVER_USER_OUTSIDE_S2S_ROOM) and invite `invite`.
+
+        In an s2s room the invited server users get power level 100, like the creator: the
+        servers of an s2s room are peers.
+        """
+        s2s = room_type in S2S_ROOM_TYPES
+        room_id = await self.rooms.create_room(
+            creator=creator or self.server_user,
+            room_version=room_version or self.config.rooms.default_version,
+            room_type=room_type,
+            join_rule=join_rule,
+            power_users={u: 100 for u in invite if s2s and is_server_user(u)},
+        )
+        for user in invite:
+            await self.invite(room_id, user)
+        return room_id
+
+    async def create_s2s_room(self, peer: str | None = None) -> RoomId:
+        """An s2s room of the configured room type, inviting `peer`'s server user."""
+        room_type = ROOM_TYPES[self.config.s2s.room_type]
+        invite = [server_user(peer)] if peer else []
+        return await self.create_room(room_type=room_type, invite=invite)
+
+    async def send_event(
+        self,
+        room: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        state_key: str | None = None,
+        sender: str | None = None,
+    ) -> Pdu:
+        """Send an event; returns it once stored (it is then queued for the room's servers)."""
+        event = LocalEvent(
+            event_type=event_type,
+            content=content,
+            sender=sender or self.server_user,
+            state_key=state_key,
+        )
+        return await self.rooms.send(room, event)
+
+    async def room_state(self, room: str) -> dict[StateKey, Pdu]:
+        """The current state of a room: (type, state_key) -> event."""
+
+        def run(graph: RoomGraph) -> dict[StateKey, Pdu]:
+            return {k: graph.get_event(e) for k, e in graph.current_state().items()}
+
+        return await self.rooms.read(room, run)
+
+    async def servers_in_room(self, room: str) -> set[str]:
+        return await self.rooms.read(room, compute_servers_in_room)
+
+    async def invite(self, room: str, user: str, *, sender: str | None = None) -> Pdu:
+        """Invite `user`; a remote user's server countersigns first (`PUT /v2/invite`)."""
+        event = LocalEvent(
+            event_type="m.room.member",
+            content={"membership": "invite"},
+            sender=sender or self.server_user,
+            state_key=user,
+        )
+        pdu = await self.rooms.build(room, event)
+        target = server_of(user)
+        if target == self.identifier:
+            return await self.rooms.add_built(pdu)
+
+        def stripped(graph: RoomGraph) -> list[JsonValue]:
+            state = graph.current_state()
+            keys = [("m.room.create", ""), ("m.room.join_rules", ""), ("m.room.name", "")]
+            return [graph.get_event(state[k]).json for k in keys if k in state]
+
+        invite_room_state = await self.rooms.read(room, stripped)
+        _, answer = await self.client.request(
+            target,
+            "PUT",
+            build_path(f"{V2}/invite/{{}}/{{}}", room, pdu.event_id),
+            body={
+                "room_version": pdu.rules.version,
+                "event": pdu.json,
+                "invite_room_state": invite_room_state,
+            },
+            cbor=self.peers.reads_cbor(target),
+        )
+        signed = answer.get("event") if isinstance(answer, dict) else None
+        try:
+            countersigned = parse_pdu(signed, pdu.rules)
+            check_event(
+                countersigned.json, pdu.rules, derived_keys, signers=[self.identifier, target]
+            )
+        except (EventFormatError, SignatureError) as exc:
+            raise JoinError(f"{target[:12]} answered the invite with a bad event: {exc}") from None
+        if countersigned.event_id != pdu.event_id:
+            raise JoinError(f"{target[:12]} changed the invite event")
+        return await self.rooms.add_built(countersigned, also_to=[target])
+
+    async def join(self, room: str, via: str, *, user: str | None = None) -> Pdu:
+        """Join `room` through the resident server `via` (make_join, send_join v2), then fetch
+        the room's history from it and check everything through the receive pipeline."""
+        user_id = user or self.server_user
+        room_id = RoomId(room)
+        _, answer = await self.client.request(
+            via,
+            "GET",
+            build_path(f"{V1}/make_join/{{}}/{{}}", room_id, user_id),
+            query={"ver": list(SUPPORTED_VERSIONS)},
+        )
+        try:
+            rules, template = check_template(answer, room_id, user_id, "join")
+            pdu = build_from_template(rules, template, self.key, self.now_ms())
+        except (TemplateError, EventFormatError) as exc:
+            raise JoinError(f"make_join from {via[:12]}: {exc}") from None
+        done = self._joining.setdefault(room_id, trio.Event())
+        try:
+            _, response = await self.client.request(
+                via,
+                "PUT",
+                build_path(f"{V2}/send_join/{{}}/{{}}", room_id, pdu.event_id),
+                body=pdu.json,
+                cbor=self.peers.reads_cbor(via),
+            )
+            if not isinstance(response, dict):
+                raise JoinError("send_join answered with something that is not an object")
+            state = response.get("state")
+            auth_chain = response.get("auth_chain")
+            if not isinstance(state, list) or not isinstance(auth_chain, list):
+                raise JoinError("send_join answered without state or auth_chain")
+            history = await fetch_history(
+                self.client,
+                via,
+                room_id,
+                rules,
+                latest=[pdu.event_id],
+                earliest=[],
+                cited=[*pdu.prev_events, *pdu.auth_event_ids],
+                known=functools.partial(self._known, room_id),
+                max_events=MAX_HISTORY_EVENTS,
+                page=JOIN_HISTORY_PAGE,
+            )
+            objs = _dedupe([*auth_chain, *state, *history.events], rules)
+            verdicts = await self.rooms.ingest(room_id, objs, rules=rules)
+            refused = [v for v in verdicts if v.outcome is Outcome.DEFERRED]
+            if refused:
+                raise JoinError(f"{len(refused)} events of the room could not be placed")
+            await self._check_join_state(room_id, pdu, state)
+            joined = response.get("event") if isinstance(response.get("event"), dict) else None
+            (verdict,) = await self.rooms.ingest(room_id, [joined or pdu.json])
+            if verdict.outcome is not Outcome.ACCEPTED:
+                raise JoinError(f"our join was not accepted here: {verdict.detail}")
+        finally:
+            done.set()
+            self._joining.pop(room_id, None)
+        self.invites.pop(room_id, None)
+        return await self.rooms.read(room_id, lambda graph: graph.get_event(pdu.event_id))
+
+    async def _check_join_state(self, room_id: RoomId, pdu: Pdu, state: list[Any]) -> None:
+        """The state before our join, as computed here, must be what the resident returned."""
+        told: set[str] = set()
+        for obj in state:
+            try:
+                told.add(parse_pdu(obj, pdu.rules).event_id)
+            except EventFormatError:
+                continue
+
+        def computed(graph: RoomGraph) -> set[str]:
+            return set(graph._resolve([graph.state_after(e) for e in pdu.prev_events]).values())
+
+        ours = await self.rooms.read(room_id, computed)
+        if ours != told:
+            raise JoinError(
+                f"the state the resident returned differs from the state computed here"
+                f" ({len(told ^ ours)} events differ)"
+            )
+
+    async def leave(self, room: str, *, user: str | None = None) -> Pdu:
+        """Leave a room; an invite to a room this node is not in is declined through the
+        inviting server (make_leave, send_leave v2)."""
+        user_id = user or self.server_user
+        rules = await self.rooms.room_rules(room)
+        if rules is not None:
+            return await self.send_event(
+                room, "m.room.member", {"membership": "leave"}, state_key=user_id, sender=user_id
+            )
+        invite = self.invites.get(RoomId(room))
+        if invite is None:
+            raise JoinError(f"not in {room[:100]} and not invited to it")
+        via = server_of(invite.event.sender)
+        _, answer = await self.client.request(
+            via, "GET", build_path(f"{V1}/make_leave/{{}}/{{}}", room, user_id)
+        )
+        try:
+            leave_rules, template = check_template(answer, room, user_id, "leave")
+            pdu = build_from_template(leave_rules, template, self.key, self.now_ms())
+        except (TemplateError, EventFormatError) as exc:
+            raise JoinError(f"make_leave from {via[:12]}: {exc}") from None
+        await self.client.request(
+            via,
+            "PUT",
+            build_path(f"{V2}/send_leave/{{}}/{{}}", room, pdu.event_id),
+            body=pdu.json,
+        )
+        self.invites.pop(RoomId(room), None)
+        return pdu
+
+    async def room_ids(self) -> list[RoomId]:
+        return await self.rooms.room_ids()
+
+    # -- hooks of the federation routes
+
+    async def _on_invite(self, pdu: Pdu, invite_room_state: list[JsonValue]) -> None:
+        if await self.rooms.room_rules(pdu.room_id) is None:
+            self.invites[pdu.room_id] = Invite(
+                event=pdu, invite_room_state=tuple(invite_room_state)
+            )
+        self.rooms.publish([pdu])
+
+    async def _room_pending(self, room_id: str) -> None:
+        """A transaction for a room being joined waits until the join is done."""
+        event = self._joining.get(room_id)
+        if event is not None:
+            with trio.move_on_after(60):
+                await event.wait()
+
+    async def _known(self, room_id: RoomId, ids: Collection[EventId]) -> set[EventId]:
+        wanted = list(ids)
+
+        def run(store: Store) -> set[EventId]:
+            room = store.room(room_id)
+            if room is None:
+                return set()
+            return {e for e in wanted if room.get_admission(e) is not None}
+
+        return await self.astore.read(run)
+
+    async def _fill_gap(
+        self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
+    ) -> list[Verdict]:
+        rules = await self.rooms.room_rules(room_id)
+        assert rules is not None
+        earliest = await self.rooms.read(room_id, lambda graph: sorted(graph.forward_extremities))
+        verdicts, history = await fill_gap(
+            self.client,
+            origin,
+            room_id,
+            rules,
+            deferred,
+            earliest=earliest,
+            known=functools.partial(self._known, room_id),
+            ingest=functools.partial(self.rooms.ingest, room_id),
+        )
+        still = [
+            (obj, v)
+            for (obj, _), v in zip(deferred, verdicts, strict=True)
+            if v.outcome is Outcome.DEFERRED
+        ]
+        if still and not history.complete and room_id not in self._catching_up:
+            self._catching_up.add(room_id)
+            self._nursery.start_soon(self._catch_up, room_id, origin, still)
+        return verdicts
+
+    async def _catch_up(
+        self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
+    ) -> None:
+        """A gap too large to fill inline: walk the history in large pages, in the background."""
+        try:
+            rules = await self.rooms.room_rules(room_id)
+            assert rules is not None
+            earliest = await self.rooms.read(room_id, lambda g: sorted(g.forward_extremities))
+            await fill_gap(
+                self.client,
+                origin,
+                room_id,
+                rules,
+                deferred,
+                earliest=earliest,
+                known=functools.partial(self._known, room_id),
+                ingest=functools.partial(self.rooms.ingest, room_id),
+                max_events=MAX_HISTORY_EVENTS,
+                page=HISTORY_PAGE,
+            )
+        except Exception:
+            logger.exception("catching up %s from %s failed", room_id, origin[:12])
+        finally:
+            self._catching_up.discard(room_id)
+
+
+def _dedupe(objs: Sequence[Any], rules: Any) -> list[JsonDict]:
+    """Events by ID, once each, sorted by depth (parents first); unparsable ones dropped here
+    (the pipeline would drop them too)."""
+    by_id: dict[EventId, tuple[int, JsonDict]] = {}
+    for obj in objs:
+        try:
+            pdu = parse_pdu(obj, rules, check_counts=False)
+        except EventFormatError:
+            continue
+        by_id.setdefault(pdu.event_id, (pdu.depth, obj))
+    return [obj for _, (_, obj) in sorted(by_id.items(), key=lambda i: (i[1][0], i[0]))]
+
+
+def connectable_host(host: str) -> str:
+    """A host one can connect to for a listen address (never the wildcard)."""
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+@asynccontextmanager
+async def open_node(
+    config: Config,
+    *,
+    data_dir: str | Path | None = None,
+    http_limits: HttpLimits | None = None,
+    client_limits: ClientLimits | None = None,
+    backoff: BackoffPolicy | None = None,
+    cbor: bool = True,
+    clock: Callable[[], int] = now_ms,
+) -> AsyncIterator[Node]:
+    """Run a node: key (created on first run), store, HTTP server, outbound senders, static
+    peers. Everything stops when the block exits.
+
+    `cbor` says whether this node reads and sends application/cbor bodies (it always reads
+    JSON). `data_dir` overrides the config's.
+    """
+    path = resolve_data_dir(data_dir if data_dir is not None else config.data_dir)
+    key, created = await trio.to_thread.run_sync(create_signing_key, path)
+    if created:
+        logger.info("created the key of %s in %s", key.identifier, path)
+    if config.federation.tls:
+        logger.warning("TLS not yet available; federation runs over plain HTTP")
+    if config.discovery.enabled:
+        logger.info("discovery is not built yet; only static peers are used")
+    limits = http_limits or HttpLimits(max_body_bytes=config.federation.max_body_bytes)
+    peers = PeerBook()
+    async with (
+        open_async_store(path) as astore,
+        open_federation_client(
+            key, peers.resolve, limits=client_limits or ClientLimits(), read_cbor=cbor
+        ) as client,
+        trio.open_nursery() as nursery,
+    ):
+        node = Node(
+            config=config,
+            key=key,
+            data_dir=path,
+            astore=astore,
+            client=client,
+            peers=peers,
+            nursery=nursery,
+            backoff=backoff or BackoffPolicy(),
+            cbor=cbor,
+            clock=clock,
+        )
+        await node._load_peers()
+        listen = config.federation.listen
+        listeners = await nursery.start(
+            functools.partial(
+                serve_http, node.router, host=listen.host, port=listen.port, limits=limits
+            )
+        )
+        node.federation_address = (connectable_host(listen.host), bound_port(listeners))
+        await nursery.start(node.outbound.run)
+        for peer in config.peers:
+            nursery.start_soon(node._learn_static_peer, peer)
+        logger.info("node %s listening on %s", node.identifier, node.federation_url)
+        try:
+            yield node
+        finally:
+            node.rooms.close_subscriptions()
+            nursery.cancel_scope.cancel()
+
+
+__all__ = ["S2S_ROOM_TYPES", "Invite", "JoinError", "Node", "connectable_host", "open_node"]
