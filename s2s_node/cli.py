@@ -26,6 +26,7 @@ EPILOG = """\
 examples:
   s2s-node init                          create the data dir and key, print the identifier
   s2s-node id --data-dir /tmp/n1         print the identifier of that node
+  s2s-node run --data-dir /tmp/n1        run the node until SIGINT/SIGTERM
   s2s-node debug check room.json         verify hashes, signatures and auth of each event
   s2s-node debug resolve room.json.gz    state resolution over the file's state_sets
   s2s-node debug replay room.json --at '$ev'   state after one event of a DAG
@@ -91,6 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_dir(ident, top=False)
     ident.add_argument("--json", action="store_true", help="print a JSON object")
+
+    run = commands.add_parser(
+        "run",
+        help="run the node in the foreground until SIGINT/SIGTERM",
+        description=(
+            "Run the node: create the key and database on first use, listen for federation,"
+            " log to stderr, and write <data_dir>/node.json (pid, identifier, client_url,"
+            " federation_url) while running. Stops cleanly on SIGINT or SIGTERM."
+        ),
+        epilog=(
+            "example:\n  s2s-node run --data-dir /tmp/n1 --set federation.listen=127.0.0.1:0"
+            " --set discovery.enabled=false"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_data_dir(run, top=False)
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config key (a TOML value, else a string); repeatable",
+    )
 
     debug = commands.add_parser(
         "debug",
@@ -189,6 +214,21 @@ def cmd_id(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    # The node pulls in trio, the store and the network stack; loaded on demand.
+    from s2s_node import runner  # noqa: PLC0415
+    from s2s_node.store import StoreError  # noqa: PLC0415
+
+    config = load_config(args.config, args.overrides)
+    try:
+        runner.run(config, args.data_dir)
+    except StoreError as exc:
+        raise UsageError(f"cannot open the store: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"cannot run: {exc.strerror or exc}") from None
+    return EXIT_OK
+
+
 def cmd_debug(args: argparse.Namespace) -> int:
     # The debug tools pull in the whole core; loaded on demand to keep `init`/`id` quick.
     from s2s_node import debugtools  # noqa: PLC0415
@@ -216,7 +256,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
     raise UsageError("debug needs a tool: check, resolve or replay (see s2s-node debug --help)")
 
 
-COMMANDS = {"init": cmd_init, "id": cmd_id, "debug": cmd_debug}
+COMMANDS = {"init": cmd_init, "id": cmd_id, "run": cmd_run, "debug": cmd_debug}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -541,10 +541,6 @@ async def open_node(
     key, created = await trio.to_thread.run_sync(create_signing_key, path)
     if created:
         logger.info("created the key of %s in %s", key.identifier, path)
-    if config.federation.tls:
-        logger.warning("TLS not yet available; federation runs over plain HTTP")
-    if config.discovery.enabled:
-        logger.info("discovery is not built yet; only static peers are used")
     limits = http_limits or HttpLimits(max_body_bytes=config.federation.max_body_bytes)
     peers = PeerBook()
     async with (
@@ -578,6 +574,10 @@ async def open_node(
         for peer in config.peers:
             nursery.start_soon(node._learn_static_peer, peer)
         logger.info("node %s listening on %s", node.identifier, node.federation_url)
+        if config.federation.tls:
+            logger.warning("TLS not yet available; federation runs over plain HTTP")
+        if config.discovery.enabled:
+            logger.info("discovery is not wired into the node yet; only static peers are used")
         try:
             yield node
         finally:
