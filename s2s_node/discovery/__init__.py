@@ -6,7 +6,13 @@ verifies a configured `host:port`. Design: DESIGN.md section 8.
 
 from s2s_node.core.peers import ChangeKind, Liveness, Peer, PeerChange
 from s2s_node.discovery.mdns import RECORD_TTL_S, Interfaces
-from s2s_node.discovery.service import Discovery, DiscoveryStats, DiscoveryTiming, open_discovery
+from s2s_node.discovery.service import (
+    ChangeStream,
+    Discovery,
+    DiscoveryStats,
+    DiscoveryTiming,
+    open_discovery,
+)
 from s2s_node.discovery.verify import (
     FetchKeyDocument,
     HttpKeyFetcher,
@@ -21,6 +27,7 @@ from s2s_node.discovery.verify import (
 __all__ = [
     "RECORD_TTL_S",
     "ChangeKind",
+    "ChangeStream",
     "Discovery",
     "DiscoveryStats",
     "DiscoveryTiming",

@@ -37,7 +37,13 @@ from s2s_node.core.peers import (
     parse_instance_identifier,
 )
 from s2s_node.discovery.bridge import MdnsInbox, MdnsObservation
-from s2s_node.discovery.mdns import Interfaces, MdnsService, Registration, open_mdns
+from s2s_node.discovery.mdns import (
+    Interfaces,
+    MdnsService,
+    Registration,
+    check_interfaces,
+    open_mdns,
+)
 from s2s_node.discovery.verify import (
     FetchKeyDocument,
     VerificationError,
@@ -85,6 +91,40 @@ class DiscoveryStats:
     probes_failed: int = 0
     changes_dropped: int = 0
     wake_errors: int = 0
+
+
+class ChangeStream:
+    """One subscriber's view of the peer changes (an async iterator, not a generator, so an
+    abandoned stream needs no finalizer)."""
+
+    def __init__(
+        self,
+        send: trio.MemorySendChannel[PeerChange],
+        receive: trio.MemoryReceiveChannel[PeerChange],
+        subscribers: set[trio.MemorySendChannel[PeerChange]],
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._subscribers = subscribers
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> PeerChange:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    def close(self) -> None:
+        self._subscribers.discard(self._send)
+        self._receive.close()
+
+    async def __aenter__(self) -> ChangeStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,16 +182,16 @@ class Discovery:
     def bridge_dropped(self) -> int:
         return self._inbox.dropped
 
-    async def changes(self) -> AsyncIterator[PeerChange]:
-        """Every change from now on, in order, until discovery closes."""
+    def changes(self) -> ChangeStream:
+        """Every change from now on, in order: `async for change in discovery.changes()`.
+
+        The stream ends when discovery closes; `close()` it (or use `async with`) to stop
+        earlier. A subscriber more than CHANGES_BUFFER changes behind loses the newest ones
+        (counted in `stats.changes_dropped`).
+        """
         send, receive = trio.open_memory_channel[PeerChange](CHANGES_BUFFER)
         self._subscribers.add(send)
-        try:
-            async with receive:
-                async for change in receive:
-                    yield change
-        finally:
-            self._subscribers.discard(send)
+        return ChangeStream(send, receive, self._subscribers)
 
     # -- emitting --------------------------------------------------------------------------
 
@@ -376,6 +416,7 @@ async def open_discovery(
         raise ValueError(f"{identifier[:60]!r} is not a node identifier")
     if not 0 < port < 65536:
         raise ValueError(f"port {port} out of range")
+    check_interfaces(interfaces)
     inbox = MdnsInbox(trio.lowlevel.current_trio_token())
     registration = (
         Registration(
@@ -396,13 +437,14 @@ async def open_discovery(
             inbox=inbox,
         )
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(discovery.run)
-                async with open_mdns(
-                    interfaces=interfaces, inbox=inbox, registration=registration
-                ) as mdns:
-                    discovery.mdns = mdns
+            # zeroconf first, outside any nursery: a failure to start it is a plain exception.
+            async with open_mdns(
+                interfaces=interfaces, inbox=inbox, registration=registration
+            ) as mdns:
+                discovery.mdns = mdns
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(discovery.run)
                     yield discovery
-                nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel()
         finally:
             discovery._close_subscribers()
