@@ -60,6 +60,7 @@ from s2s_node.net.fed_membership import (
 from s2s_node.net.federation import V1, V2, FederationApi, build_routes
 from s2s_node.net.gapfill import (
     HISTORY_PAGE,
+    MAX_GAP_EVENTS,
     MAX_HISTORY_EVENTS,
     fetch_history,
     fill_gap,
@@ -143,6 +144,9 @@ class Node:
         self.router = Router(build_routes(self.federation, self.membership))
         self.invites: dict[RoomId, Invite] = {}
         self.federation_address: tuple[str, int] | None = None
+        # Events one gap may fetch while a transaction waits (see net.gapfill).
+        self.gap_limit = MAX_GAP_EVENTS
+        self.catch_ups = 0  # background catch-ups started (gaps larger than gap_limit)
         self._joining: dict[str, trio.Event] = {}
         self._catching_up: set[str] = set()
 
@@ -461,6 +465,7 @@ class Node:
             earliest=earliest,
             known=functools.partial(self._known, room_id),
             ingest=functools.partial(self.rooms.ingest, room_id),
+            max_events=self.gap_limit,
         )
         still = [
             (obj, v)
@@ -469,6 +474,7 @@ class Node:
         ]
         if still and not history.complete and room_id not in self._catching_up:
             self._catching_up.add(room_id)
+            self.catch_ups += 1
             self._nursery.start_soon(self._catch_up, room_id, origin, still)
         return verdicts
 
