@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import trio
 from node_fixtures import address_of, connect, make_shared_room, start_node, state_ids, wait_for
 
+from s2s_node.core.room import RoomGraph
 from s2s_node.node import Node
 
 
-async def _has_events(node: Node, room: str, event_ids: list[str]) -> bool:
-    def run(graph: object) -> bool:
-        from s2s_node.core.room import RoomGraph
-
-        assert isinstance(graph, RoomGraph)
+async def _has_events(node: Node, room: str, event_ids: Sequence[str]) -> bool:
+    def run(graph: RoomGraph) -> bool:
         return all(e in graph for e in event_ids)
 
-    return bool(await node.rooms.read(room, run))
+    return await node.rooms.read(room, run)
 
 
 async def _same_state(a: Node, b: Node, room: str) -> bool:
