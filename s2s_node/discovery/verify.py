@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 
 KEY_DOCUMENT_PATH = "/_matrix/key/v2/server"
 
-# (host, port) -> the decoded key document. Raises `KeyFetchError` (or anything; see below).
+# (host, port) -> the decoded key document. Should raise `KeyFetchError` when it cannot get
+# one; any other exception is counted as a bad response, never propagated.
 FetchKeyDocument = Callable[[str, int], Awaitable[JsonValue]]
 
 
