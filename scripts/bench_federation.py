@@ -1,0 +1,116 @@
+"""Benchmark: node B catches up a 10,000-event room from node A over loopback HTTP.
+
+Usage: `python scripts/bench_federation.py [--events N] [--mode json|cbor|both] [--repeats R]`
+
+Two real nodes in one process (plain HTTP on 127.0.0.1, each with its own SQLite store in a
+temporary directory). A creates an s2s room, invites B's server user and sends N messages
+(built and stored in A's writer thread; that part is setup and not timed). Then B joins through
+A: make_join, send_join, then the whole history before its join fetched with
+get_missing_events pages and every event put through B's receive pipeline (format, signatures,
+hashes, auth, state, SQLite commit). Timed: `node.join` from start to return; the figure is
+events in the room / that time. With `--mode cbor` both nodes read and send CBOR bodies (the
+answers to B's requests are CBOR); with `json`, JSON. Goal: >= 2,000 events/s.
+
+Prints one JSON object per mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import trio
+
+from s2s_node.config import Config, DiscoveryConfig, FederationConfig, HostPort
+from s2s_node.core.ids import RoomId
+from s2s_node.node import Node, open_node
+from s2s_node.store import Store
+
+CONFIG = Config(
+    federation=FederationConfig(listen=HostPort(host="127.0.0.1", port=0), tls=False),
+    discovery=DiscoveryConfig(enabled=False),
+)
+
+
+def fill_room(node: Node, room: RoomId, count: int) -> None:
+    """`count` messages in A's room, one writer call (setup, not timed)."""
+
+    def run(store: Store) -> None:
+        graph = node.rooms._graph(store, room)
+        for n in range(count):
+            pdu = graph.build_event(
+                event_type="m.room.message",
+                content={"msgtype": "m.text", "body": f"message {n}"},
+                sender=node.server_user,
+                now_ms=node.now_ms(),
+                server_name=node.identifier,
+                signing_key=node.key,
+            )
+            graph.add(pdu)
+
+    trio.from_thread.run(node.astore.write, run)
+
+
+async def one_run(count: int, cbor: bool) -> dict[str, object]:
+    with tempfile.TemporaryDirectory(prefix="bench-fed-") as tmp:
+        async with contextlib.AsyncExitStack() as stack:
+            a = await stack.enter_async_context(
+                open_node(CONFIG, data_dir=Path(tmp) / "a", cbor=cbor)
+            )
+            b = await stack.enter_async_context(
+                open_node(CONFIG, data_dir=Path(tmp) / "b", cbor=cbor)
+            )
+            for x, y in ((a, b), (b, a)):
+                assert y.federation_address is not None
+                host, port = y.federation_address
+                await x.add_peer_address(y.identifier, host, port, cbor=cbor)
+            room = await a.create_room(room_type="support.feline.s2s", invite=[b.server_user])
+            await trio.to_thread.run_sync(fill_room, a, room, count)
+            total = await a.rooms.read(room, lambda g: len(g.store))  # type: ignore[arg-type]
+            started = time.perf_counter()
+            await b.join(room, via=a.identifier)
+            elapsed = time.perf_counter() - started
+            on_b = await b.rooms.read(room, lambda g: len(g.store))  # type: ignore[arg-type]
+            same = await a.room_state(room) == await b.room_state(room)
+            return {
+                "events": int(total),
+                "events_on_b": int(on_b),
+                "seconds": round(elapsed, 3),
+                "events_per_s": round(int(total) / elapsed),
+                "same_state": same,
+            }
+
+
+async def main_async(count: int, modes: list[str], repeats: int) -> None:
+    for mode in modes:
+        runs = [await one_run(count, mode == "cbor") for _ in range(repeats)]
+        rates = [int(str(r["events_per_s"])) for r in runs]
+        result = {
+            "mode": mode,
+            "events": runs[0]["events"],
+            "events_per_s_median": statistics.median(rates),
+            "runs": runs,
+            "goal_events_per_s": 2000,
+        }
+        print(json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=10_000)
+    parser.add_argument("--mode", choices=("json", "cbor", "both"), default="both")
+    parser.add_argument("--repeats", type=int, default=1)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    modes = ["json", "cbor"] if args.mode == "both" else [args.mode]
+    trio.run(main_async, args.events, modes, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
