@@ -42,6 +42,7 @@ async def test_two_nodes_create_invite_join_and_exchange_events(tmp_path: Path) 
 
             join = await b.join(room, via=a.identifier)
             assert join.sender == b.server_user
+            assert b.join_state_mismatches == 0  # the resident's state is the one computed here
             assert await b.servers_in_room(room) == {a.identifier, b.identifier}
             # a learns of the join from its own send_join handling
             assert await a.servers_in_room(room) == {a.identifier, b.identifier}

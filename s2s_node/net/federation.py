@@ -158,6 +158,8 @@ class FederationApi:
         edus = body.get("edus", [])
         if not isinstance(pdus, list) or not isinstance(edus, list):
             raise HttpError(400, M_BAD_JSON, "pdus (and edus) must be lists")
+        if body.get("origin", origin) != origin:
+            raise HttpError(400, M_BAD_JSON, "the transaction's origin is not the request's")
         if len(pdus) > MAX_TXN_PDUS or len(edus) > MAX_TXN_EDUS:
             raise HttpError(
                 400,
