@@ -223,3 +223,13 @@ def test_backoff_is_exponential_and_capped() -> None:
     policy = BackoffPolicy(initial_s=1.0, factor=2.0, max_s=60.0)
     assert [policy.delay(n) for n in range(8)] == [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
     assert policy.delay(1000) == 60.0
+
+
+def test_room_errors_are_in_the_error_table() -> None:
+    from s2s_node.core.ids import EventId
+    from s2s_node.core.room import MissingEventsError, RoomMismatchError
+    from s2s_node.net.errors import ErrorCode, classify_error
+
+    missing = MissingEventsError(EventId("$a"), (EventId("$b"),))
+    assert classify_error(missing) == ErrorCode(404, "M_NOT_FOUND")
+    assert classify_error(RoomMismatchError("other room")) == ErrorCode(400, "M_INVALID_PARAM")

@@ -23,6 +23,7 @@ from s2s_node.core.canonical import Base64Error, CanonicalJsonError, CanonicalJs
 from s2s_node.core.events import EventFormatError
 from s2s_node.core.ids import IdError
 from s2s_node.core.keys import IdentityError
+from s2s_node.core.room import MissingEventsError, RoomMismatchError
 from s2s_node.core.rules import UnsupportedRoomVersionError
 from s2s_node.core.signing import SignatureError
 from s2s_node.core.wire import WireError, WireReason
@@ -94,6 +95,9 @@ ERROR_TABLE: Mapping[tuple[type[BaseException], enum.Enum | None], ErrorCode] = 
     (IdentityError, None): ErrorCode(400, M_INVALID_PARAM),
     (UnsupportedRoomVersionError, None): ErrorCode(400, M_UNSUPPORTED_ROOM_VERSION),
     (AuthChainError, None): ErrorCode(404, M_NOT_FOUND),
+    # Rooms: an event citing events this node lacks, or of another room than the request's
+    (MissingEventsError, None): ErrorCode(404, M_NOT_FOUND),
+    (RoomMismatchError, None): ErrorCode(400, M_INVALID_PARAM),
 }
 
 INTERNAL_ERROR = ErrorCode(500, M_UNKNOWN)
