@@ -168,21 +168,32 @@ class FederationApi:
                 f" {MAX_TXN_PDUS} PDUs and {MAX_TXN_EDUS} EDUs",
             )
         lock = self._origin_locks.setdefault(origin, trio.Lock())
-        async with lock:  # one transaction of an origin at a time; a retry waits, then repeats
-            recorded = await self.rooms.astore.read(
-                lambda store: store.received_txns.get(origin, txn_id)
-            )
-            if recorded is not None:
-                return build_negotiated_response(request, recorded)
-            results = await self.process_pdus(origin, pdus)
-            answer: JsonDict = {"pdus": results}
-            now = self.now_ms()
-
-            def record(store: Store) -> None:
-                store.received_txns.record(origin, txn_id, answer, now)
-
-            await self.rooms.astore.write(record)
+        try:
+            async with lock:  # one transaction of an origin at a time; a retry waits, repeats
+                answer = await self._process_transaction(origin, txn_id, pdus)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._origin_locks.pop(origin, None)  # keep no lock per past origin
         return build_negotiated_response(request, answer)
+
+    async def _process_transaction(
+        self, origin: ServerName, txn_id: str, pdus: list[JsonValue]
+    ) -> JsonDict:
+        """The answer to a transaction: from the record if it was processed before."""
+        recorded = await self.rooms.astore.read(
+            lambda store: store.received_txns.get(origin, txn_id)
+        )
+        if recorded is not None:
+            return recorded
+        results = await self.process_pdus(origin, pdus)
+        answer: JsonDict = {"pdus": results}
+        now = self.now_ms()
+
+        def record(store: Store) -> None:
+            store.received_txns.record(origin, txn_id, answer, now)
+
+        await self.rooms.astore.write(record)
+        return answer
 
     async def process_pdus(self, origin: ServerName, pdus: Sequence[JsonValue]) -> JsonDict:
         """Ingest a transaction's PDUs room by room (gaps filled from `origin`)."""
