@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +38,7 @@ from s2s_node.core.ids import (
     server_of,
     server_user,
 )
-from s2s_node.core.ingest import Outcome, Verdict
+from s2s_node.core.ingest import Outcome
 from s2s_node.core.keys import SigningKey
 from s2s_node.core.peers import KeyDocumentError
 from s2s_node.core.room import RoomGraph
@@ -58,13 +58,7 @@ from s2s_node.net.fed_membership import (
     check_template,
 )
 from s2s_node.net.federation import V1, V2, FederationApi, build_routes
-from s2s_node.net.gapfill import (
-    HISTORY_PAGE,
-    MAX_GAP_EVENTS,
-    MAX_HISTORY_EVENTS,
-    fetch_history,
-    fill_gap,
-)
+from s2s_node.net.gapfill import HISTORY_PAGE, MAX_HISTORY_EVENTS, GapFiller, fetch_history
 from s2s_node.net.outbound import BackoffPolicy, OutboundSenders
 from s2s_node.net.peers import PeerAddress, PeerBook, learn_peer
 from s2s_node.net.router import Router
@@ -139,20 +133,17 @@ class Node:
             policy=backoff,
         )
         self.rooms = NodeRooms(astore, key, now_ms=clock, on_enqueued=self.outbound.notify)
+        self.gaps = GapFiller(client, self.rooms, nursery)
         self.federation = FederationApi(
-            rooms=self.rooms, key=key, now_ms=clock, fill_gap=self._fill_gap, cbor=cbor
+            rooms=self.rooms, key=key, now_ms=clock, fill_gap=self.gaps.fill, cbor=cbor
         )
         self.federation.room_pending = self._room_pending
         self.membership = MembershipApi(self.federation, on_invite=self._on_invite)
         self.router = Router(build_routes(self.federation, self.membership))
         self.invites: dict[RoomId, Invite] = {}
         self.federation_address: tuple[str, int] | None = None
-        # Events one gap may fetch while a transaction waits (see net.gapfill).
-        self.gap_limit = MAX_GAP_EVENTS
         self.join_state_mismatches = 0
-        self.catch_ups = 0  # background catch-ups started (gaps larger than gap_limit)
         self._joining: dict[str, trio.Event] = {}
-        self._catching_up: set[str] = set()
 
     # -- addresses and peers
 
@@ -355,7 +346,7 @@ class Node:
                 latest=[pdu.event_id],
                 earliest=[],
                 cited=[*pdu.prev_events, *pdu.auth_event_ids],
-                known=functools.partial(self._known, room_id),
+                known=functools.partial(self.rooms.known_events, room_id),
                 max_events=MAX_HISTORY_EVENTS,
                 page=JOIN_HISTORY_PAGE,
             )
@@ -452,70 +443,6 @@ class Node:
         if event is not None:
             with trio.move_on_after(60):
                 await event.wait()
-
-    async def _known(self, room_id: RoomId, ids: Collection[EventId]) -> set[EventId]:
-        wanted = list(ids)
-
-        def run(store: Store) -> set[EventId]:
-            room = store.room(room_id)
-            if room is None:
-                return set()
-            return {e for e in wanted if room.get_admission(e) is not None}
-
-        return await self.astore.read(run)
-
-    async def _fill_gap(
-        self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
-    ) -> list[Verdict]:
-        rules = await self.rooms.room_rules(room_id)
-        assert rules is not None
-        earliest = await self.rooms.read(room_id, lambda graph: sorted(graph.forward_extremities))
-        verdicts, history = await fill_gap(
-            self.client,
-            origin,
-            room_id,
-            rules,
-            deferred,
-            earliest=earliest,
-            known=functools.partial(self._known, room_id),
-            ingest=functools.partial(self.rooms.ingest, room_id),
-            max_events=self.gap_limit,
-        )
-        still = [
-            (obj, v)
-            for (obj, _), v in zip(deferred, verdicts, strict=True)
-            if v.outcome is Outcome.DEFERRED
-        ]
-        if still and not history.complete and room_id not in self._catching_up:
-            self._catching_up.add(room_id)
-            self.catch_ups += 1
-            self._nursery.start_soon(self._catch_up, room_id, origin, still)
-        return verdicts
-
-    async def _catch_up(
-        self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
-    ) -> None:
-        """A gap too large to fill inline: walk the history in large pages, in the background."""
-        try:
-            rules = await self.rooms.room_rules(room_id)
-            assert rules is not None
-            earliest = await self.rooms.read(room_id, lambda g: sorted(g.forward_extremities))
-            await fill_gap(
-                self.client,
-                origin,
-                room_id,
-                rules,
-                deferred,
-                earliest=earliest,
-                known=functools.partial(self._known, room_id),
-                ingest=functools.partial(self.rooms.ingest, room_id),
-                max_events=MAX_HISTORY_EVENTS,
-                page=HISTORY_PAGE,
-            )
-        except Exception:
-            logger.exception("catching up %s from %s failed", room_id, origin[:12])
-        finally:
-            self._catching_up.discard(room_id)
 
 
 def _prune_txns(store: Store, *, older_than_ms: int) -> int:

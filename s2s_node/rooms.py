@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -189,6 +189,18 @@ class NodeRooms:
         def run(store: Store) -> RoomVersionRules | None:
             room = store.room(RoomId(room_id))
             return None if room is None else room.rules
+
+        return await self.astore.read(run)
+
+    async def known_events(self, room_id: str, ids: Collection[EventId]) -> set[EventId]:
+        """Which of `ids` the room has (none if the room is unknown)."""
+        wanted = list(ids)
+
+        def run(store: Store) -> set[EventId]:
+            room = store.room(RoomId(room_id))
+            if room is None:
+                return set()
+            return {e for e in wanted if room.get_admission(e) is not None}
 
         return await self.astore.read(run)
 

@@ -96,7 +96,7 @@ async def test_gap_after_lost_transactions_is_filled(tmp_path: Path) -> None:
             # b receives `last`, misses its prev_events and fetches them from a.
             await wait_for(lambda: _has_events(b, room, [*lost, last.event_id]))
             assert await _same_state(a, b, room)
-            assert b.catch_ups == 0
+            assert b.gaps.catch_ups == 0
 
 
 async def test_gap_larger_than_the_inline_bound_is_caught_up_in_the_background(
@@ -114,8 +114,8 @@ async def test_gap_larger_than_the_inline_bound_is_caught_up_in_the_background(
             lost = [(await a.send_event(room, "m.test", {"n": n})).event_id for n in range(12)]
             await _drop_queue(a, b.identifier)
             b = await start_node(stack, tmp_path / "b", port=b_port)
-            b.gap_limit = 3  # DEVIATION pinned: no state_ids fallback; background catch-up
+            b.gaps.limit = 3  # DEVIATION pinned: no state_ids fallback; background catch-up
             last = await a.send_event(room, "m.test", {"n": "last"})
             await wait_for(lambda: _has_events(b, room, [*lost, last.event_id]))
             assert await _same_state(a, b, room)
-            assert b.catch_ups == 1
+            assert b.gaps.catch_ups == 1

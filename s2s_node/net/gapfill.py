@@ -1,6 +1,7 @@
 """Gap filling: fetching the events a received event cites but this node lacks.
 
-Owns: `fetch_history`, which walks back from events a peer has (`latest`) to events this node
+Owns: `GapFiller` (the node's gap filling: inline within a bound, then in the background),
+`fetch_history`, which walks back from events a peer has (`latest`) to events this node
 has (`earliest`, or the create event), with `POST /get_missing_events` pages, then single
 `GET /event` requests for auth events the walk over prev_events did not reach, within a bound
 on the number of events; and `fill_gap`, which fetches and submits what was fetched to the same
@@ -21,16 +22,20 @@ before steps 4-5; digest 8.3), `get_missing_events` and `event` (digest 8.4).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 
+import trio
+
 from s2s_node.core.canonical import JsonDict
 from s2s_node.core.events import EventFormatError, parse_pdu
-from s2s_node.core.ids import EventId, RoomId
+from s2s_node.core.ids import EventId, RoomId, ServerName
 from s2s_node.core.ingest import Outcome, Verdict
 from s2s_node.core.rules import RoomVersionRules
 from s2s_node.net.client import FederationClient, FederationClientError, build_path
+from s2s_node.rooms import NodeRooms
 
 logger = logging.getLogger(__name__)
 
@@ -209,3 +214,66 @@ async def fill_gap(
             refused,
         )
     return await ingest([obj for obj, _ in deferred]), history
+
+
+class GapFiller:
+    """The node's gap filling: what the federation routes call for deferred PDUs."""
+
+    def __init__(self, client: FederationClient, rooms: NodeRooms, nursery: trio.Nursery) -> None:
+        self._client = client
+        self._rooms = rooms
+        self._nursery = nursery
+        self.limit = MAX_GAP_EVENTS  # events one gap may fetch while the sender waits
+        self.catch_ups = 0  # background catch-ups started (gaps larger than `limit`)
+        self._catching_up: set[str] = set()
+
+    async def fill(
+        self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
+    ) -> list[Verdict]:
+        """Fill the gap from `origin` inline (up to `limit` events); a larger one is caught up
+        in the background. The deferred PDUs' verdicts after the inline part."""
+        verdicts, history = await self._fill(room_id, origin, deferred, self.limit, GAP_PAGE)
+        still = [
+            (obj, v)
+            for (obj, _), v in zip(deferred, verdicts, strict=True)
+            if v.outcome is Outcome.DEFERRED
+        ]
+        if still and not history.complete and room_id not in self._catching_up:
+            self._catching_up.add(room_id)
+            self.catch_ups += 1
+            self._nursery.start_soon(self._catch_up, room_id, origin, still)
+        return verdicts
+
+    async def _fill(
+        self,
+        room_id: RoomId,
+        origin: ServerName,
+        deferred: list[tuple[JsonDict, Verdict]],
+        max_events: int,
+        page: int,
+    ) -> tuple[list[Verdict], History]:
+        rules = await self._rooms.room_rules(room_id)
+        assert rules is not None  # the PDUs were deferred by this room's graph
+        earliest = await self._rooms.read(room_id, lambda g: sorted(g.forward_extremities))
+        return await fill_gap(
+            self._client,
+            origin,
+            room_id,
+            rules,
+            deferred,
+            earliest=earliest,
+            known=functools.partial(self._rooms.known_events, room_id),
+            ingest=functools.partial(self._rooms.ingest, room_id),
+            max_events=max_events,
+            page=page,
+        )
+
+    async def _catch_up(
+        self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
+    ) -> None:
+        try:
+            await self._fill(room_id, origin, deferred, MAX_HISTORY_EVENTS, HISTORY_PAGE)
+        except Exception:
+            logger.exception("catching up %s from %s failed", room_id, origin[:12])
+        finally:
+            self._catching_up.discard(room_id)
