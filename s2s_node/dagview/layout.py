@@ -46,7 +46,6 @@ WAYPOINT_GAP = 10  # horizontal gap next to an edge waypoint
 PORT_SPACING = 10  # distance between the ends of several edges leaving one box
 MARGIN = 20
 SWEEPS = 4  # barycenter down+up sweep pairs (step 3)
-PLACEMENT_ROUNDS = 6  # neighbour-pull rounds (step 4)
 # Waypoints make long edges avoid boxes but cost time and memory; a pathological room (each
 # event naming a far-away ancestor) would need O(n^2) of them. Past this budget, the remaining
 # long edges are drawn straight.
@@ -331,57 +330,55 @@ def _separation(a: _Item, b: _Item) -> float:
 
 
 def _place(items: list[_Item], layers: list[list[int]]) -> None:
-    for layer in layers:  # packed, centred on 0
-        x = 0.0
-        for k, i in enumerate(layer):
-            if k:
-                x += _separation(items[layer[k - 1]], items[i])
-            items[i].x = x
-        middle = x / 2
+    """Step 4: vertical alignment into blocks, then left compaction of the blocks.
+
+    A simplified Brandes-Koepf placement (one of its four directions): top to bottom, each
+    item joins the block of a median upper neighbour unless that neighbour is taken or the
+    alignment would cross an earlier one. A block is drawn as one straight column, so a chain
+    of events, a long edge's waypoints, and a branch of a fork are straight lines, and the
+    picture is as wide as the number of branches alive at once, whatever the room's length.
+    """
+    below: list[int | None] = [None] * len(items)
+    root = list(range(len(items)))
+    for layer in layers[1:]:
+        last = -1
         for i in layer:
-            items[i].x -= middle
-    for round_ in range(PLACEMENT_ROUNDS):
-        final = round_ == PLACEMENT_ROUNDS - 1
-        for r in range(1, len(layers)):
-            _pull(items, layers[r], up=True, down=final)
-        for r in range(len(layers) - 2, -1, -1):
-            _pull(items, layers[r], up=final, down=True)
-
-
-def _pull(items: list[_Item], layer: list[int], *, up: bool, down: bool) -> None:
-    """Move a layer's items towards their neighbours, keeping order and separation (step 4)."""
-    desired: list[float] = []
-    for i in layer:
-        item = items[i]
-        neighbours = (_up(item) if up else []) + (_down(item) if down else [])
-        if neighbours:
-            desired.append(sum(items[j].x for j in neighbours) / len(neighbours))
-        else:
-            desired.append(item.x)
-    offsets = [0.0]
-    for k in range(1, len(layer)):
-        offsets.append(offsets[-1] + _separation(items[layer[k - 1]], items[layer[k]]))
-    fitted = _isotonic(
-        [d - o for d, o in zip(desired, offsets, strict=True)], [items[i].weight for i in layer]
-    )
-    for i, z, o in zip(layer, fitted, offsets, strict=True):
-        items[i].x = z + o
-
-
-def _isotonic(values: list[float], weights: list[float]) -> list[float]:
-    """The non-decreasing sequence nearest to `values` in weighted least squares (PAV)."""
-    blocks: list[list[float]] = []  # [weighted mean, total weight, count]
-    for value, weight in zip(values, weights, strict=True):
-        blocks.append([value, weight, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            mean2, weight2, count2 = blocks.pop()
-            mean1, weight1, count1 = blocks[-1]
-            total = weight1 + weight2
-            blocks[-1] = [(mean1 * weight1 + mean2 * weight2) / total, total, count1 + count2]
-    out: list[float] = []
-    for mean, _, count in blocks:
-        out.extend([mean] * int(count))
-    return out
+            ups = sorted(_up(items[i]), key=lambda j: items[j].pos)
+            if not ups:
+                continue
+            middle = (len(ups) - 1) / 2
+            for m in sorted({int(middle), int(middle + 0.5)}):
+                u = ups[m]
+                if below[u] is None and items[u].pos > last:
+                    below[u] = i
+                    root[i] = root[u]
+                    last = items[u].pos
+                    break
+    # Blocks must keep, in every layer, their left neighbour's block at a distance.
+    constraints: dict[int, dict[int, float]] = {}
+    indegree: dict[int, int] = {}
+    for layer in layers:
+        for left, right in itertools.pairwise(layer):
+            a, b = root[left], root[right]
+            sep = _separation(items[left], items[right])
+            out = constraints.setdefault(a, {})
+            if b not in out:
+                indegree[b] = indegree.get(b, 0) + 1
+                out[b] = sep
+            else:
+                out[b] = max(out[b], sep)
+    block_x: dict[int, float] = {}
+    queue = deque(i for i in range(len(items)) if root[i] == i and indegree.get(i, 0) == 0)
+    while queue:
+        a = queue.popleft()
+        x = block_x.setdefault(a, 0.0)
+        for b, sep in constraints.get(a, {}).items():
+            block_x[b] = max(block_x.get(b, 0.0), x + sep)
+            indegree[b] -= 1
+            if indegree[b] == 0:
+                queue.append(b)
+    for i, item in enumerate(items):
+        item.x = block_x.get(root[i], 0.0)
 
 
 def _route(

@@ -12,6 +12,7 @@ forward extremities a thick double outline, missing `prev_events` targets grey d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from s2s_node.core.room import EventStatus
@@ -22,6 +23,8 @@ FONT = 'font-family="DejaVu Sans Mono, Menlo, Consolas, monospace"'
 LINE_HEIGHT = 13
 LEGEND_HEIGHT = 86
 LEGEND_MIN_WIDTH = 760
+ARROW_LENGTH = 8
+ARROW_HALF_WIDTH = 3.5
 
 # status -> (class, stroke, fill, dash)
 _STATUS_STYLE = {
@@ -62,10 +65,6 @@ def render_svg(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" class="room-dag" {FONT} font-size="11">',
         f"<title>{escape_xml(title or 'room DAG')}</title>",
-        "<defs>",
-        _marker("arrow-prev", _PREV_COLOUR),
-        _marker("arrow-auth", _AUTH_COLOUR),
-        "</defs>",
         f'<rect x="0" y="0" width="{width}" height="{height}" fill="#ffffff"/>',
     ]
     out += _legend(
@@ -78,12 +77,11 @@ def render_svg(
     for placed in layout.edges:
         auth = placed.edge.kind is EdgeKind.AUTH
         points = " ".join(f"{x},{y}" for x, y in placed.points)
-        style = (
-            f'stroke="{_AUTH_COLOUR}" stroke-dasharray="4,3" marker-end="url(#arrow-auth)"'
-            if auth
-            else f'stroke="{_PREV_COLOUR}" marker-end="url(#arrow-prev)"'
-        )
-        out.append(f'<polyline class="edge {placed.edge.kind.value}" points="{points}" {style}/>')
+        colour = _AUTH_COLOUR if auth else _PREV_COLOUR
+        dash = ' stroke-dasharray="4,3"' if auth else ""
+        kind = placed.edge.kind.value
+        out.append(f'<polyline class="edge {kind}" points="{points}" stroke="{colour}"{dash}/>')
+        out.append(_arrowhead(placed.points[-2], placed.points[-1], colour, kind))
     out.append("</g>")
     out.append('<g class="nodes">')
     for placed_node in layout.nodes:
@@ -93,12 +91,20 @@ def render_svg(
     return "\n".join(out) + "\n"
 
 
-def _marker(marker_id: str, colour: str) -> str:
-    return (
-        f'<marker id="{marker_id}" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-        f'markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="{colour}"/>'
-        "</marker>"
-    )
+def _arrowhead(
+    start: tuple[int, int], end: tuple[int, int], colour: str, kind: str = "legend"
+) -> str:
+    """A filled triangle with its tip at `end`, pointing along `start` -> `end`.
+
+    Drawn as a polygon rather than an SVG marker: simple renderers (ImageMagick's) skip markers.
+    """
+    dx, dy = end[0] - start[0], end[1] - start[1]
+    length = math.hypot(dx, dy) or 1.0
+    ux, uy = dx / length, dy / length
+    bx, by = end[0] - ARROW_LENGTH * ux, end[1] - ARROW_LENGTH * uy
+    hx, hy = -uy * ARROW_HALF_WIDTH, ux * ARROW_HALF_WIDTH
+    points = f"{end[0]},{end[1]} {bx + hx:.1f},{by + hy:.1f} {bx - hx:.1f},{by - hy:.1f}"
+    return f'<polygon class="arrow {kind}" points="{points}" fill="{colour}" stroke="none"/>'
 
 
 def _box(
@@ -133,7 +139,7 @@ def _node(placed: PlacedNode) -> list[str]:
         classes = f"node {cls} {'state' if node.is_state else 'message'}" + (
             " extremity" if node.is_extremity else ""
         )
-        lines = label_lines(node)
+        lines = tuple(line for line in label_lines(node) if line)
         rounded, bold = not node.is_state, node.is_extremity
     event_id = escape_xml(placed.event_id)
     out = [f'<g class="{classes}" data-event-id="{event_id}">']
@@ -153,8 +159,6 @@ def _node(placed: PlacedNode) -> list[str]:
     text_colour = stroke if node is None or node.status is not EventStatus.ACCEPTED else "#111111"
     first = placed.y - (len(lines) - 1) * LINE_HEIGHT / 2 + 4
     for k, line in enumerate(lines):
-        if not line:
-            continue
         weight = ' font-weight="bold"' if k == 0 and node is not None else ""
         out.append(
             f'<text x="{placed.x}" y="{first + k * LINE_HEIGHT:g}" text-anchor="middle" '
@@ -199,17 +203,16 @@ def _legend(title: str | None, count: int, *, auth_edges: bool, has_missing: boo
         out.append(f'<text x="{ex + w // 2}" y="{y + 14}" text-anchor="middle">{name}</text>')
         out.append("</g>")
     ly = y + h + 20
-    out.append(
-        f'<polyline points="{x},{ly} {x + 60},{ly}" fill="none" stroke="{_PREV_COLOUR}" '
-        'marker-end="url(#arrow-prev)"/>'
-    )
+    out.append(f'<polyline points="{x},{ly} {x + 60},{ly}" fill="none" stroke="{_PREV_COLOUR}" />')
+    out.append(_arrowhead((x, ly), (x + 60, ly), _PREV_COLOUR))
     out.append(f'<text x="{x + 68}" y="{ly + 4}">prev_events (arrow points at the parent)</text>')
     if auth_edges:
         ax = x + 380
         out.append(
             f'<polyline points="{ax},{ly} {ax + 60},{ly}" fill="none" stroke="{_AUTH_COLOUR}" '
-            'stroke-dasharray="4,3" marker-end="url(#arrow-auth)"/>'
+            'stroke-dasharray="4,3"/>'
         )
+        out.append(_arrowhead((ax, ly), (ax + 60, ly), _AUTH_COLOUR))
         out.append(f'<text x="{ax + 68}" y="{ly + 4}">auth_events</text>')
     out.append("</g>")
     return out
