@@ -106,10 +106,10 @@ def assert_layout_sound(layout: DagLayout, nodes: Sequence[DagNode]) -> None:
             assert placed[n.event_id].layer == 0
     # Boxes in one layer do not overlap, and everything is inside the picture.
     by_layer: dict[int, list[tuple[int, int]]] = {}
-    for p in layout.nodes:
-        by_layer.setdefault(p.layer, []).append((p.x - p.width // 2, p.x + p.width // 2))
-        assert p.x - p.width // 2 >= 0 and p.x + p.width // 2 <= layout.width
-        assert p.y - p.height // 2 >= 0 and p.y + p.height // 2 <= layout.height
+    for box in layout.nodes:
+        by_layer.setdefault(box.layer, []).append((box.x - box.width // 2, box.x + box.width // 2))
+        assert box.x - box.width // 2 >= 0 and box.x + box.width // 2 <= layout.width
+        assert box.y - box.height // 2 >= 0 and box.y + box.height // 2 <= layout.height
     for spans in by_layer.values():
         spans.sort()
         for (_, right), (left, _) in itertools.pairwise(spans):
