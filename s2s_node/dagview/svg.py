@@ -143,8 +143,8 @@ def _node(placed: PlacedNode) -> list[str]:
         rounded, bold = not node.is_state, node.is_extremity
     event_id = escape_xml(placed.event_id)
     out = [f'<g class="{classes}" data-event-id="{event_id}">']
-    tooltip = placed.event_id if node is None else f"{placed.event_id}\n{_describe(node)}"
-    out.append(f"<title>{escape_xml(tooltip)}</title>")
+    tooltip = [placed.event_id] if node is None else [placed.event_id, *_describe(node)]
+    out.append(f"<title>{'&#10;'.join(escape_xml(line) for line in tooltip)}</title>")
     out += _box(
         x,
         y,
@@ -168,7 +168,7 @@ def _node(placed: PlacedNode) -> list[str]:
     return out
 
 
-def _describe(node: DagNode) -> str:
+def _describe(node: DagNode) -> list[str]:
     parts = [f"type {node.type}"]
     if node.state_key is not None:
         parts.append(f"state_key {node.state_key!r}")
@@ -177,7 +177,7 @@ def _describe(node: DagNode) -> str:
         f"depth {node.depth}",
         f"status {node.status.value}" + (", forward extremity" if node.is_extremity else ""),
     ]
-    return "\n".join(parts)
+    return parts
 
 
 def _legend(title: str | None, count: int, *, auth_edges: bool, has_missing: bool) -> list[str]:
