@@ -23,6 +23,7 @@ FONT = 'font-family="DejaVu Sans Mono, Menlo, Consolas, monospace"'
 LINE_HEIGHT = 13
 LEGEND_HEIGHT = 86
 LEGEND_MIN_WIDTH = 760
+AUTH_BULGE_MAX = 150  # how far right of the boxes an auth edge may curve
 ARROW_LENGTH = 8
 ARROW_HALF_WIDTH = 3.5
 
@@ -57,7 +58,7 @@ def render_svg(
     (dashed, if `auth_edges`) events. Hovering a box shows the full event ID.
     """
     layout = compute_layout(nodes, auth_edges=auth_edges, top=LEGEND_HEIGHT)
-    width = max(layout.width, LEGEND_MIN_WIDTH)
+    width = max(layout.width + (AUTH_BULGE_MAX if auth_edges else 0), LEGEND_MIN_WIDTH)
     height = layout.height
     has_missing = any(p.is_placeholder for p in layout.nodes)
     out = [
@@ -74,14 +75,15 @@ def render_svg(
         has_missing=has_missing,
     )
     out.append('<g class="edges" fill="none">')
+    placed_by_id = {p.event_id: p for p in layout.nodes}
     for placed in layout.edges:
-        auth = placed.edge.kind is EdgeKind.AUTH
-        points = " ".join(f"{x},{y}" for x, y in placed.points)
-        colour = _AUTH_COLOUR if auth else _PREV_COLOUR
-        dash = ' stroke-dasharray="4,3"' if auth else ""
         kind = placed.edge.kind.value
-        out.append(f'<polyline class="edge {kind}" points="{points}" stroke="{colour}"{dash}/>')
-        out.append(_arrowhead(placed.points[-2], placed.points[-1], colour, kind))
+        if placed.edge.kind is EdgeKind.AUTH:
+            out += _auth_curve(placed_by_id[placed.edge.source], placed_by_id[placed.edge.target])
+            continue
+        points = " ".join(f"{x},{y}" for x, y in placed.points)
+        out.append(f'<polyline class="edge {kind}" points="{points}" stroke="{_PREV_COLOUR}"/>')
+        out.append(_arrowhead(placed.points[-2], placed.points[-1], _PREV_COLOUR, kind))
     out.append("</g>")
     out.append('<g class="nodes">')
     for placed_node in layout.nodes:
@@ -89,6 +91,20 @@ def render_svg(
     out.append("</g>")
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _auth_curve(source: PlacedNode, target: PlacedNode) -> list[str]:
+    """An auth edge: a dashed curve from the right side of the event to the right side of its
+    auth event, bulging right so it does not run along the prev_events column."""
+    start = (source.x + source.width // 2, source.y)
+    end = (target.x + target.width // 2, target.y)
+    bulge = min(30 + abs(start[1] - end[1]) // 8, AUTH_BULGE_MAX - 10)
+    control = (max(start[0], end[0]) + bulge, (start[1] + end[1]) // 2)
+    return [
+        f'<path class="edge auth" d="M{start[0]},{start[1]} Q{control[0]},{control[1]} '
+        f'{end[0]},{end[1]}" stroke="{_AUTH_COLOUR}" stroke-dasharray="4,3"/>',
+        _arrowhead(control, end, _AUTH_COLOUR, "auth"),
+    ]
 
 
 def _arrowhead(
