@@ -3,15 +3,23 @@
 Usage: `python scripts/bench_events.py [--rooms DIR] [--room FILE] [--n N] [--repeats R]`
 
 Loads the events of one benchmark room (perf-dag/1 format; default: the largest file in
-`../shared/bench/rooms` relative to the repository root) and prints events/s for:
+`../shared/bench/rooms` relative to the repository root) with the strict decoder
+(`core.canonical.parse_json`, as the node decodes federation bodies) and prints events/s for:
 
 (a) build+sign: `core.events.build_event` of equivalent events (the same type, sender, room,
     state_key, content, prev/auth events, depth and timestamp as the room's events), hashed and
-    signed with our own key. Includes the value check, the content hash, redaction, the
-    signature, the event ID and the receiver-side format check (`parse_pdu`).
+    signed with our own key. Includes the value check of `content` and of every other
+    parameter, the size bound, the content hash, redaction, the signature, the event ID and
+    the receiver-side field checks (those of `parse_pdu`).
 (b) verify: `core.signing.check_event` (event ID, signatures of every required server, content
-    hash) then `core.events.parse_pdu` (format checks incl. the canonical-JSON value check and
-    the size limit) of each event as loaded, with the explicit keys of the file.
+    hash, and the exact encoded size of the event from the content-hash bytes) then
+    `core.events.parse_pdu` (format checks and the size limit) of each event as loaded, with the
+    explicit keys of the file. As on the node's receive path (`core.ingest` with
+    `values_checked=True`, which the federation layer passes for bodies from `core.wire`),
+    `parse_pdu` gets `check_values=False`: the strict decoder already refused floats,
+    out-of-range integers, NaN, duplicate keys, lone surrogates and deep nesting, so the
+    canonical-JSON value walk would find nothing; the size limit is still checked, on the
+    size `check_event` measured.
 
 Beside each, the raw ceiling measured in the same run: the same cryptographic and encoding work
 with no logic at all, on inputs prepared beforehand.
@@ -27,10 +35,12 @@ the same machine load; the best and the median of the repeats are printed. Times
 CPU time (`time.process_time`, so a busy shared machine preempting us does not count) with the
 garbage collector paused, as `timeit` does.
 
-What separates ours from the ceiling (about 15 us per event on a 2-core machine, 2026-11): the
-canonical-JSON value walk and size bound of `parse_pdu` (~3 us), its field checks and the `Pdu`
-object (~4.5 us), redaction (~1.3 us; the ceiling's redacted dicts are precomputed), base64 of
-signatures, hashes and event IDs, and the signature/hash bookkeeping of `check_event`.
+What separates ours from the ceiling (2-core shared machine, 2026-11): in verify, redaction and
+the content-hash copy (~1.5 us; the ceiling's forms are precomputed), the size of `hashes`,
+`signatures` and `unsigned` (~1 us), base64 of signatures, hashes and event IDs, the
+signature/hash bookkeeping of `check_event`, and `parse_pdu`'s field checks and `Pdu` (~3.5 us);
+in build, the dict copies, the value check of `content` and the parameters (~1 us), redaction,
+base64 and the field checks and `Pdu` (~2.5 us).
 """
 
 from __future__ import annotations
@@ -39,7 +49,6 @@ import argparse
 import gc
 import gzip
 import hashlib
-import json
 import statistics
 import sys
 import time
@@ -49,7 +58,7 @@ from typing import Any
 
 import nacl.signing
 
-from s2s_node.core.canonical import decode_base64, encode_canonical_json_trusted
+from s2s_node.core.canonical import decode_base64, encode_canonical_json_trusted, parse_json
 from s2s_node.core.events import build_event, parse_pdu
 from s2s_node.core.ids import server_of
 from s2s_node.core.keys import signing_key_from_seed
@@ -85,7 +94,15 @@ def _verify_ours(events: list[dict[str, Any]], rules: RoomVersionRules, keys: Ke
         checked = check_event(event, rules, keys)
         if not checked.hash_ok:
             raise SystemExit("content hash mismatch: the room file is damaged")
-        parse_pdu(event, rules, event_id=checked.event_id)
+        # As the node's receive path (`core.ingest` with `values_checked=True`): the room was
+        # decoded by the strict decoder, so the value walk is not repeated.
+        parse_pdu(
+            event,
+            rules,
+            event_id=checked.event_id,
+            check_values=False,
+            encoded_size=checked.size,
+        )
 
 
 def _build_ours(events: list[dict[str, Any]], rules: RoomVersionRules) -> None:
@@ -117,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     path = args.room or _largest_room(args.rooms)
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        room = json.load(f)
+    with gzip.open(path, "rb") as f:
+        loaded = parse_json(f.read())  # the strict decoder, as the node's federation bodies
+    if not isinstance(loaded, dict):
+        sys.exit(f"{path} is not a JSON object")
+    room: dict[str, Any] = loaded
     rules = rules_for(room["room_version"])
     events: list[dict[str, Any]] = room["events"][: args.n or None]
     explicit = {

@@ -20,6 +20,7 @@ from s2s_node.core.canonical import (
     CanonicalJsonReason,
     check_canonical_value,
     check_canonical_value_bound,
+    compute_encoded_size,
     decode_base64,
     decode_base64_urlsafe,
     encode_base64,
@@ -375,3 +376,28 @@ def test_base64_rejects_non_strings() -> None:
         decode_base64(b"Zm9v")  # type: ignore[arg-type]
     with pytest.raises(Base64Error):
         decode_base64_urlsafe(None)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------------------------
+# Encoded size without encoding
+
+# Strings that canonical JSON writes as they are, and strings it escapes or widens.
+plain_text = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=12)
+any_text = plain_text | safe_text | st.sampled_from(['"', "\\", "\x7f", "\n", "\x00", "é", "😀"])
+objects_of_strings = st.dictionaries(
+    any_text, any_text | st.dictionaries(any_text, any_text, max_size=3), max_size=3
+)
+
+
+@settings(max_examples=300)
+@given(value=objects_of_strings | json_values)
+def test_encoded_size_is_the_length_of_the_encoding(value: Any) -> None:
+    assert compute_encoded_size(value) == len(encode_canonical_json(value))
+
+
+def test_encoded_size_of_signatures_and_escapes() -> None:
+    signatures = {"example.org": {"ed25519:1": "A" * 86}, "b": {}}
+    assert compute_encoded_size(signatures) == len(encode_canonical_json(signatures))
+    for odd in ['"', "\\", "\x7f", "\x01", "é"]:  # escaped, or not ASCII: measured by encoding
+        value = {"k": {odd: odd}}
+        assert compute_encoded_size(value) == len(encode_canonical_json(value))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -466,3 +467,128 @@ def test_parse_pdu_uses_the_given_event_id() -> None:
         4
     )
     assert parse_pdu(event, ROOM_V11).event_id == compute_event_id(event, ROOM_V11)
+
+
+def test_parse_pdu_with_a_measured_size() -> None:
+    # `encoded_size` (as `check_event` measures it) replaces encoding the event again.
+    event = _valid(ROOM_V11)
+    size = len(encode_canonical_json(event))
+    assert check_event(event, ROOM_V11, derived_keys).size == size
+    assert parse_pdu(event, ROOM_V11, check_values=False, encoded_size=size).json is event
+    assert (
+        _reason(event, ROOM_V11, check_values=False, encoded_size=MAX_PDU_BYTES + 1)
+        is FormatReason.TOO_LARGE
+    )
+    # The value walk still runs when asked for.
+    event["content"]["bad"] = 1.5
+    assert _reason(event, ROOM_V11, encoded_size=size) is FormatReason.NOT_CANONICAL
+
+
+@pytest.mark.parametrize("rules", ALL_RULES, ids=lambda r: r.version)
+def test_pdus_have_every_field_set(rules: RoomVersionRules) -> None:
+    # Checked events are made without the dataclass `__init__`: the same value as `Pdu(...)`.
+    for pdu in (_build(rules), parse_pdu(_valid(rules), rules), _build(rules).redacted()):
+        rebuilt = Pdu(**{f.name: getattr(pdu, f.name) for f in dataclasses.fields(Pdu)})
+        assert rebuilt == pdu
+        assert rebuilt.json is pdu.json
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            pdu.depth = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("rules", ALL_RULES, ids=lambda r: r.version)
+@pytest.mark.parametrize("filler", ["x", "é", "\U0001f600", "\n", "\x01"])
+@pytest.mark.parametrize("state_key", [f"@alice:{NODE}", "\x01" * 20])
+def test_build_event_size_limit_is_exact(
+    rules: RoomVersionRules, filler: str, state_key: str
+) -> None:
+    # The bound that saves measuring must never let an event over the limit through.
+    base = len(_build(rules, state_key=state_key, content={"pad": ""}).canonical_bytes())
+    per_filler = len(encode_canonical_json(filler)) - 2
+    count = (MAX_PDU_BYTES - base) // per_filler
+    fits = _build(rules, state_key=state_key, content={"pad": filler * count})
+    assert MAX_PDU_BYTES - per_filler < len(fits.canonical_bytes()) <= MAX_PDU_BYTES
+    with pytest.raises(EventFormatError) as exc_info:
+        _build(rules, state_key=state_key, content={"pad": filler * (count + 1)})
+    assert exc_info.value.reason is FormatReason.TOO_LARGE
+
+
+# Parameters of `build_event` that break one rule each, and the reason a receiver gives.
+BUILD_FAULTS: list[tuple[dict[str, Any], FormatReason]] = [
+    ({"event_type": "x" * (MAX_FIELD_BYTES + 1)}, FormatReason.FIELD_TOO_LONG),
+    ({"event_type": "é" * 128}, FormatReason.FIELD_TOO_LONG),
+    ({"state_key": "x" * (MAX_FIELD_BYTES + 1)}, FormatReason.FIELD_TOO_LONG),
+    ({"event_type": "\ud800"}, FormatReason.NOT_CANONICAL),
+    ({"state_key": "a\udfff"}, FormatReason.NOT_CANONICAL),
+    ({"sender": "@\ud800:x.example"}, FormatReason.NOT_CANONICAL),
+    ({"depth": 2**53}, FormatReason.NOT_CANONICAL),
+    ({"origin_server_ts": -(2**53)}, FormatReason.NOT_CANONICAL),
+    ({"depth": -1}, FormatReason.BAD_DEPTH),
+    ({"depth": "5"}, FormatReason.BAD_FIELD_TYPE),
+    ({"depth": True}, FormatReason.BAD_FIELD_TYPE),
+    ({"origin_server_ts": None}, FormatReason.BAD_FIELD_TYPE),
+    ({"event_type": 5}, FormatReason.BAD_FIELD_TYPE),
+    ({"state_key": 5}, FormatReason.BAD_FIELD_TYPE),
+    ({"sender": "alice"}, FormatReason.BAD_ID),
+    ({"sender": None}, FormatReason.BAD_FIELD_TYPE),
+    ({"prev_events": ["$abc:domain"]}, FormatReason.BAD_ID),
+    ({"prev_events": [5]}, FormatReason.BAD_ID),
+    ({"prev_events": [1.5]}, FormatReason.NOT_CANONICAL),
+    (
+        {"auth_events": [_event_id(n) for n in range(MAX_AUTH_EVENTS + 1)]},
+        FormatReason.TOO_MANY_AUTH_EVENTS,
+    ),
+    ({"content": {"a": [[[]]]}, "event_type": "x" * 300}, FormatReason.FIELD_TOO_LONG),
+    ({"depth": 2**53, "sender": "alice"}, FormatReason.NOT_CANONICAL),
+    ({"depth": -1, "sender": "alice"}, FormatReason.BAD_ID),
+]
+
+
+@pytest.mark.parametrize("rules", ALL_RULES, ids=lambda r: r.version)
+@pytest.mark.parametrize(("fault", "reason"), BUILD_FAULTS)
+def test_build_event_gives_the_receivers_reason(
+    rules: RoomVersionRules, fault: dict[str, Any], reason: FormatReason
+) -> None:
+    with pytest.raises(EventFormatError) as exc_info:
+        _build(rules, **fault)
+    assert exc_info.value.reason is reason
+
+
+def test_build_event_room_rules() -> None:
+    with pytest.raises(EventFormatError) as exc_info:
+        _build(ROOM_V11, room_id="!" + _event_id(5)[1:])
+    assert exc_info.value.reason is FormatReason.BAD_ID
+    with pytest.raises(EventFormatError) as exc_info:
+        _build(ROOM_V11, room_id=None)
+    assert exc_info.value.reason is FormatReason.MISSING_FIELD
+    room_id = "!" + _event_id(99)[1:]
+    with pytest.raises(EventFormatError) as exc_info:
+        _build(ROOM_V12, room_id=room_id, auth_events=["$" + room_id[1:]])
+    assert exc_info.value.reason is FormatReason.CREATE_IN_AUTH_EVENTS
+    with pytest.raises(EventFormatError) as exc_info:
+        _build(ROOM_V12, event_type="m.room.create", state_key="", content={})
+    assert exc_info.value.reason is FormatReason.CREATE_HAS_ROOM_ID
+
+
+@settings(max_examples=60)
+@given(
+    event_type=st.text(max_size=300),
+    state_key=st.none() | st.text(max_size=300),
+    depth=st.integers(-5, 2**54),
+    rules=st.sampled_from(ALL_RULES),
+)
+def test_build_event_agrees_with_parse_pdu(
+    event_type: str, state_key: str | None, depth: int, rules: RoomVersionRules
+) -> None:
+    # Built from typed parameters or parsed from the signed object: the same verdict.
+    try:
+        pdu = _build(rules, event_type=event_type, state_key=state_key, depth=depth)
+    except EventFormatError as exc:
+        reason = exc.reason
+        obj = _valid(rules)
+        obj.update(type=event_type, depth=depth)
+        obj.pop("state_key")
+        if state_key is not None:
+            obj["state_key"] = state_key
+        assert _reason(obj, rules) is reason
+    else:
+        assert parse_pdu(parse_json(pdu.canonical_bytes()), rules) == pdu

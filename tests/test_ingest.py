@@ -6,13 +6,23 @@ tests/room_fixtures.py; the benchmark rooms come from tests/vectors/rooms.
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import pytest
-from room_fixtures import ALICE, BOB, RoomFixture, bench_room_names, load_bench_room, server_key
+from room_fixtures import (
+    ALICE,
+    BOB,
+    ROOMS,
+    RoomFixture,
+    bench_room_names,
+    load_bench_room,
+    server_key,
+)
 
 from s2s_node.core.auth import AuthRule
-from s2s_node.core.events import Pdu
+from s2s_node.core.canonical import encode_canonical_json, parse_json
+from s2s_node.core.events import MAX_PDU_BYTES, Pdu
 from s2s_node.core.ids import EventId
 from s2s_node.core.ingest import (
     Outcome,
@@ -316,3 +326,56 @@ def test_ingesting_a_bench_room_reaches_synapses_state(name: str) -> None:
     assert {v.outcome for v in verdicts} <= {Outcome.ACCEPTED, Outcome.SOFT_FAILED}
     assert graph.forward_extremities == bench.tips
     assert dict(graph.current_state()) == bench.expected
+
+
+# -- values checked by the strict decoder ------------------------------------------------------
+
+
+def decoded(obj: object) -> Any:
+    """`obj` as the federation layer hands it over: through the strict decoder."""
+    return parse_json(encode_canonical_json(obj))
+
+
+def test_values_checked_gives_the_same_verdicts(room: RoomFixture) -> None:
+    parent = room.message(BOB, "parent")
+    big = room.message(ALICE, "x" * 100, prev_events=[parent.event_id], depth=parent.depth + 1)
+    objs = [
+        parent.json,
+        without(parent, "depth"),
+        forged(room.message(BOB, "forged")),
+        tampered(room.message(ALICE, "tampered")),
+        {**big.json, "unsigned": {"pad": "x" * (MAX_PDU_BYTES - 200)}},  # over the limit
+        {**big.json, "unsigned": {"age": 5}},
+        parent.json,
+    ]
+    strict = RoomFixture(room.rules.version)
+    default = ingest_batch(objs, room.graph, derived_keys)
+    checked = ingest_batch(
+        [decoded(obj) for obj in objs], strict.graph, derived_keys, values_checked=True
+    )
+    assert checked == default
+    assert [(v.outcome, v.reason, v.redacted) for v in checked] == [
+        (Outcome.ACCEPTED, None, False),
+        (Outcome.DROPPED, VerdictReason.FORMAT, False),
+        (Outcome.DROPPED, VerdictReason.SIGNATURE, False),
+        (Outcome.ACCEPTED, None, True),
+        (Outcome.DROPPED, VerdictReason.FORMAT, False),
+        (Outcome.ACCEPTED, None, False),
+        (Outcome.ACCEPTED, None, False),
+    ]
+    assert "too_large" in checked[4].detail
+
+
+@pytest.mark.parametrize("name", bench_room_names()[:2])
+def test_a_strictly_decoded_bench_room_with_values_checked(name: str) -> None:
+    with gzip.open(ROOMS / name, "rb") as f:
+        loaded = parse_json(f.read())
+    assert isinstance(loaded, dict)
+    room: dict[str, Any] = loaded
+    events = room["events"]
+    verdict, graph = ingest_create_event(events[0], derived_keys, values_checked=True)
+    assert graph is not None and verdict.outcome is Outcome.ACCEPTED
+    verdicts = ingest_batch(events[1:], graph, derived_keys, values_checked=True)
+    assert [verdict.event_id, *(v.event_id for v in verdicts)] == list(room["event_ids"])
+    assert {v.outcome for v in verdicts} <= {Outcome.ACCEPTED, Outcome.SOFT_FAILED}
+    assert dict(graph.current_state()) == load_bench_room(name).expected

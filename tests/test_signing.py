@@ -32,8 +32,10 @@ from s2s_node.core.signing import (
     check_json_signature,
     compute_content_hash,
     compute_event_id,
+    compute_event_size,
     compute_reference_hash,
     derived_keys,
+    encode_content_hash_bytes,
     encode_signing_bytes,
     is_content_hash_valid,
     redact,
@@ -591,3 +593,45 @@ def test_build_signed_event_rejects_non_canonical_values() -> None:
         add_hashes_and_signature(
             {"type": "x", "content": {"n": 2**60}}, ROOM_V11, "domain", SPEC_KEY
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# The encoded size from the bytes of the content hash
+
+odd_text = st.sampled_from(['"', "\\", "\x7f", "\n", "é", "😀", "ed25519:1", ""]) | safe_text
+left_out_members = st.fixed_dictionaries(
+    {},
+    optional={
+        "hashes": st.dictionaries(odd_text, odd_text, max_size=2) | json_values,
+        "signatures": st.dictionaries(
+            odd_text, st.dictionaries(odd_text, odd_text, max_size=2) | json_values, max_size=2
+        )
+        | json_values,
+        "unsigned": json_values,
+    },
+)
+
+
+@settings(max_examples=300)
+@given(
+    event=events() | st.dictionaries(safe_text, json_values, max_size=3),
+    left_out=left_out_members,
+)
+def test_event_size_is_exact(event: dict[str, Any], left_out: dict[str, Any]) -> None:
+    # Any members, and an empty content-hash form too: always the length of the encoding.
+    for whole in ({**event, **left_out}, left_out):
+        size = compute_event_size(whole, encode_content_hash_bytes(whole))
+        assert size == len(encode_canonical_json(whole))
+
+
+@settings(max_examples=100)
+@given(event=events(), unsigned=json_values)
+def test_check_event_reports_the_exact_size(event: dict[str, Any], unsigned: Any) -> None:
+    rules = ROOM_V11
+    signed = add_hashes_and_signature(event, rules, "domain", SPEC_KEY)
+    signed["unsigned"] = unsigned
+    checked = check_event(signed, rules, SPEC_KEYS)
+    assert checked.size == len(encode_canonical_json(signed))
+    assert checked.hash_ok
+    # The size is a measurement, not part of the verdict.
+    assert dataclasses.replace(checked, size=None) == checked

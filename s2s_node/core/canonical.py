@@ -115,9 +115,10 @@ def check_canonical_value_bound(value: object, *, max_depth: int = MAX_JSON_DEPT
 
 
 # The longest canonical integer, "-9007199254740991".
-_INT_BOUND = 17
-# Bytes a string of n characters can take at most: 6 per character and two quotes.
-_CHAR_BOUND = 6
+MAX_INT_BYTES = 17
+# Bytes one character of a string can take at most: a `\u00XX` escape (UTF-8 needs at most 4).
+# A string of n characters takes at most 6n bytes and its two quotes.
+MAX_CHAR_BYTES = 6
 
 
 def _check_str(value: str) -> None:
@@ -149,11 +150,11 @@ def _bound(value: object, depth_left: int) -> int:
         return 5
     if isinstance(value, str):
         _check_str(value)
-        return _CHAR_BOUND * len(value) + 2
+        return MAX_CHAR_BYTES * len(value) + 2
     if isinstance(value, int):
         if not MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
             raise _int_out_of_range(value)
-        return _INT_BOUND
+        return MAX_INT_BYTES
     if isinstance(value, float):
         raise CanonicalJsonError(CanonicalJsonReason.FLOAT, f"{value!r} is a float")
     if isinstance(value, dict):
@@ -168,7 +169,7 @@ def _bound(value: object, depth_left: int) -> int:
 # The hot path of event checks: the keys of an object (and arrays of strings) are checked with
 # one `str.join`, plain str and int members inline; only containers and unusual types recurse.
 # Sizes: a key costs 6 bytes per character plus quotes, colon and comma (4); a string value 6
-# per character plus quotes (2); an integer _INT_BOUND; an array item its comma (1).
+# per character plus quotes (2); an integer MAX_INT_BYTES; an array item its comma (1).
 
 
 def _bound_dict(value: dict[Any, Any], depth_left: int) -> int:
@@ -183,17 +184,17 @@ def _bound_dict(value: dict[Any, Any], depth_left: int) -> int:
         ) from None
     if not keys.isascii():
         _check_str(keys)
-    size = 2 + _CHAR_BOUND * len(keys) + 4 * len(value)
+    size = 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)
     for item in value.values():
         kind = type(item)
         if kind is str:
             if not item.isascii():
                 _check_str(item)
-            size += _CHAR_BOUND * len(item) + 2
+            size += MAX_CHAR_BYTES * len(item) + 2
         elif kind is int:
             if not MIN_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 raise _int_out_of_range(item)
-            size += _INT_BOUND
+            size += MAX_INT_BYTES
         elif kind is dict:
             size += _bound_dict(item, depth_left - 1)
         elif kind is list:
@@ -213,18 +214,18 @@ def _bound_list(value: list[Any] | tuple[Any, ...], depth_left: int) -> int:
     else:
         if not text.isascii():
             _check_str(text)
-        return 2 + _CHAR_BOUND * len(text) + 3 * len(value)
+        return 2 + MAX_CHAR_BYTES * len(text) + 3 * len(value)
     size = 2
     for item in value:
         kind = type(item)
         if kind is str:
             if not item.isascii():
                 _check_str(item)
-            size += _CHAR_BOUND * len(item) + 3
+            size += MAX_CHAR_BYTES * len(item) + 3
         elif kind is int:
             if not MIN_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 raise _int_out_of_range(item)
-            size += _INT_BOUND + 1
+            size += MAX_INT_BYTES + 1
         else:
             size += _bound(item, depth_left - 1) + 1
     return size
@@ -256,6 +257,45 @@ def encode_canonical_json_trusted(value: object) -> bytes:
     through the strict decoder.
     """
     return _encode_text(value).encode("utf-8")
+
+
+def compute_encoded_size(value: object) -> int:
+    """`len(encode_canonical_json_trusted(value))`, without encoding small objects of strings.
+
+    An object whose members are plain strings (printable ASCII without `"` or `\\`, which
+    canonical JSON writes as they are) or objects of such strings -- the `hashes` and
+    `signatures` of an event -- is measured by arithmetic, which costs less than a call of the
+    encoder; anything else is encoded. Values are not checked.
+    """
+    if type(value) is dict:
+        size = _plain_object_size(value, nested=True)
+        if size >= 0:
+            return size
+    return len(_encode_text(value).encode("utf-8"))
+
+
+def _plain_object_size(obj: dict[Any, Any], *, nested: bool) -> int:
+    """The encoded length of an object of plain strings (or, if `nested`, of objects of
+    them); -1 if it is not one."""
+    size = 1 if obj else 2  # `{`; each member adds its comma, the last one's is the `}`
+    text = ""  # every key and string, to check in one go
+    for key, item in obj.items():
+        if type(key) is not str:
+            return -1
+        if type(item) is str:
+            size += len(key) + len(item) + 6  # `"key":"item",`
+            text += key + item
+        elif nested and type(item) is dict:
+            inner = _plain_object_size(item, nested=False)
+            if inner < 0:
+                return -1
+            size += len(key) + 4 + inner  # `"key":{...},`
+            text += key
+        else:
+            return -1
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return size
+    return -1
 
 
 # ----------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ from s2s_node.core.signing import (
     KeyLookup,
     SignatureError,
     check_json_signature,
+    compute_event_size,
+    encode_content_hash_bytes,
     encode_signing_bytes,
     is_content_hash_valid,
     required_signers,
@@ -111,9 +113,19 @@ class _Checked:
     redacted: bool
 
 
-def ingest_pdu(obj: object, graph: RoomGraph, keys: KeyLookup) -> Verdict:
-    """Run every check on receipt of `obj` (an untrusted decoded PDU) for `graph`'s room."""
-    checked = _check_received(obj, graph, keys)
+def ingest_pdu(
+    obj: object, graph: RoomGraph, keys: KeyLookup, *, values_checked: bool = False
+) -> Verdict:
+    """Run every check on receipt of `obj` (an untrusted decoded PDU) for `graph`'s room.
+
+    `values_checked=True` only when `obj` was decoded by the strict decoder
+    (`core.canonical.parse_json`, `core.wire.decode_body`; the federation layer passes True):
+    that decoder already refused everything the canonical-JSON value walk of step 1 would
+    (floats, integers out of range, NaN, duplicate keys, lone surrogates, deep nesting), so the
+    walk is skipped and the size limit is measured exactly from the bytes of the content hash.
+    Any other caller (a dict built in code, another decoder) keeps the default.
+    """
+    checked = _check_received(obj, graph, keys, values_checked)
     if isinstance(checked, Verdict):
         return checked
     try:
@@ -122,17 +134,20 @@ def ingest_pdu(obj: object, graph: RoomGraph, keys: KeyLookup) -> Verdict:
         return _deferred(checked, exc)
 
 
-def ingest_batch(objs: Iterable[object], graph: RoomGraph, keys: KeyLookup) -> list[Verdict]:
+def ingest_batch(
+    objs: Iterable[object], graph: RoomGraph, keys: KeyLookup, *, values_checked: bool = False
+) -> list[Verdict]:
     """`ingest_pdu` for each PDU of a batch (e.g. a transaction), verdicts in input order.
 
     Keeps going past bad events. An event citing events that come later in the batch waits
     for them and is retried as soon as they are in the graph (whatever their outcome).
+    `values_checked`: as for `ingest_pdu`, for every PDU of the batch.
     """
     items = list(objs)
     verdicts: list[Verdict | None] = [None] * len(items)
     checked: dict[int, _Checked] = {}
     for i, obj in enumerate(items):
-        result = _check_received(obj, graph, keys)
+        result = _check_received(obj, graph, keys, values_checked)
         if isinstance(result, Verdict):
             verdicts[i] = result
         else:
@@ -165,12 +180,17 @@ def ingest_batch(objs: Iterable[object], graph: RoomGraph, keys: KeyLookup) -> l
 
 
 def ingest_create_event(
-    obj: object, keys: KeyLookup, store: RoomStore | None = None
+    obj: object,
+    keys: KeyLookup,
+    store: RoomStore | None = None,
+    *,
+    values_checked: bool = False,
 ) -> tuple[Verdict, RoomGraph | None]:
     """Start a room graph from its create event (version from `content.room_version`).
 
     Returns the verdict and, unless the event was dropped, the new graph holding it. An
     unsupported or absent room version drops it with `UNKNOWN_ROOM_VERSION`.
+    `values_checked`: as for `ingest_pdu`.
     """
     content = obj.get("content") if isinstance(obj, dict) else None
     version = content.get("room_version") if isinstance(content, dict) else None
@@ -179,26 +199,32 @@ def ingest_create_event(
     except UnsupportedRoomVersionError as exc:
         return _dropped(VerdictReason.UNKNOWN_ROOM_VERSION, None, str(exc)), None
     try:
-        pdu = parse_pdu(obj, rules)
+        pdu = parse_pdu(obj, rules, check_values=not values_checked)
     except EventFormatError as exc:
         return _dropped(VerdictReason.FORMAT, None, str(exc)), None
     if pdu.state_tuple != ("m.room.create", ""):
         return _dropped(VerdictReason.WRONG_ROOM, pdu.event_id, "not a create event"), None
     graph = RoomGraph(rules, pdu.room_id, store)
-    verdict = ingest_pdu(obj, graph, keys)
+    verdict = ingest_pdu(obj, graph, keys, values_checked=values_checked)
     return verdict, (None if verdict.outcome is Outcome.DROPPED else graph)
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_received(obj: object, graph: RoomGraph, keys: KeyLookup) -> _Checked | Verdict:
+def _check_received(
+    obj: object, graph: RoomGraph, keys: KeyLookup, values_checked: bool
+) -> _Checked | Verdict:
     """Steps 1-3, the room check, and the duplicate check."""
     rules = graph.rules
     # The bytes the signatures cover are also those the event ID is the hash of: encode them
     # once. An object that cannot be encoded is left to step 1 to report.
     message: bytes | None = None
     event_id: EventId | None = None
+    # With values checked by the decoder: the bytes of the content hash (step 3), which also
+    # give the exact encoded size for step 1.
+    hashed: bytes | None = None
+    size: int | None = None
     if isinstance(obj, dict):
         try:
             message = encode_signing_bytes(obj, rules)
@@ -206,9 +232,17 @@ def _check_received(obj: object, graph: RoomGraph, keys: KeyLookup) -> _Checked 
             pass
         else:
             event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
+        if values_checked:
+            try:
+                hashed = encode_content_hash_bytes(obj)
+                size = compute_event_size(obj, hashed)
+            except (TypeError, ValueError, RecursionError):
+                hashed = size = None
     # Step 1: the format of the graph's room version; otherwise drop.
     try:
-        pdu = parse_pdu(obj, rules, event_id=event_id)
+        pdu = parse_pdu(
+            obj, rules, event_id=event_id, check_values=not values_checked, encoded_size=size
+        )
     except EventFormatError as exc:
         return _dropped(VerdictReason.FORMAT, None, str(exc))
     if pdu.room_id != graph.room_id:
@@ -231,7 +265,7 @@ def _check_received(obj: object, graph: RoomGraph, keys: KeyLookup) -> _Checked 
     except SignatureError as exc:
         return _dropped(VerdictReason.SIGNATURE, pdu.event_id, str(exc))
     # Step 3: on a content-hash mismatch, go on with the redacted copy.
-    if not is_content_hash_valid(pdu.json):
+    if not is_content_hash_valid(pdu.json, content_hash_bytes=hashed):
         return _Checked(pdu=pdu.redacted(), redacted=True)
     return _Checked(pdu=pdu, redacted=False)
 

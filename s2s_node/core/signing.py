@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nacl.exceptions
@@ -26,6 +26,7 @@ from s2s_node.core.canonical import (
     Base64Error,
     JsonDict,
     check_canonical_value,
+    compute_encoded_size,
     decode_base64,
     encode_base64,
     encode_base64_urlsafe,
@@ -262,7 +263,10 @@ def redact(event: Mapping[str, Any], rules: RoomVersionRules) -> JsonDict:
         redacted["content"] = dict(content)
         return redacted
     kept_content = _content_kept(event_type, rules)
-    new_content: JsonDict = {k: v for k, v in content.items() if k in kept_content}
+    new_content: JsonDict = {}
+    for key, value in content.items():  # (a loop: cheaper than a comprehension for few keys)
+        if key in kept_content:
+            new_content[key] = value
     if (
         event_type == "m.room.member"
         and rules.redaction_keeps_third_party_invite_signed
@@ -283,11 +287,60 @@ def redact(event: Mapping[str, Any], rules: RoomVersionRules) -> JsonDict:
 # Hashes and event IDs
 
 
+# The top-level keys the content hash does not cover.
+_NOT_HASHED = ("unsigned", "signatures", "hashes")
+
+
+def encode_content_hash_bytes(event: Mapping[str, Any]) -> bytes:
+    """Canonical JSON of the event without `unsigned`, `signatures`, `hashes` (what is hashed)."""
+    if type(event) is dict and not (
+        "hashes" in event or "signatures" in event or "unsigned" in event
+    ):
+        return encode_canonical_json_trusted(event)  # a new event: nothing to leave out
+    return encode_canonical_json_trusted(_without(event, *_NOT_HASHED))
+
+
 def compute_content_hash(event: Mapping[str, Any]) -> bytes:
     """SHA-256 of the canonical JSON of the event without `unsigned`, `signatures`, `hashes`."""
-    return hashlib.sha256(
-        encode_canonical_json_trusted(_without(event, "unsigned", "signatures", "hashes"))
-    ).digest()
+    return hashlib.sha256(encode_content_hash_bytes(event)).digest()
+
+
+def compute_event_size(event: Mapping[str, Any], content_hash_bytes: bytes) -> int:
+    """Length in bytes of the canonical JSON of the whole `event`, as `len(encode(event))`.
+
+    `content_hash_bytes` is `encode_content_hash_bytes(event)`; only the top-level members it
+    leaves out are measured here (small next to the content). Exact, not a bound: see
+    `_event_size`. Values are not checked.
+    """
+    return _event_size(len(content_hash_bytes), {k: event[k] for k in _NOT_HASHED if k in event})
+
+
+def _event_size(hashed_size: int, left_out: Mapping[str, Any]) -> int:
+    """The encoded length of an event whose content-hash form is `hashed_size` bytes and whose
+    other members are `left_out`.
+
+    Canonical JSON writes an object as `{`, its members (`"key":value`, each encoded on its own
+    terms whatever its neighbours) joined by `,`, and `}`: the whole event is the hashed
+    form's members plus each left-out member and its comma.
+    """
+    if not left_out:
+        return hashed_size
+    size = hashed_size
+    for key, value in left_out.items():
+        size += len(key) + 4 + compute_encoded_size(value)  # `,"key":value`
+    if hashed_size == 2:  # `{}`: no hashed member, so one comma fewer
+        size -= 1
+    return size
+
+
+def _split_content_hash_form(event: Mapping[str, Any]) -> tuple[JsonDict, JsonDict]:
+    """The event without `unsigned`, `signatures`, `hashes`, and those members."""
+    hashed = dict(event)
+    left_out: JsonDict = {}
+    for key in _NOT_HASHED:
+        if key in hashed:
+            left_out[key] = hashed.pop(key)
+    return hashed, left_out
 
 
 def encode_signing_bytes(event: Mapping[str, Any], rules: RoomVersionRules) -> bytes:
@@ -311,16 +364,29 @@ def compute_event_id(event: Mapping[str, Any], rules: RoomVersionRules) -> Event
     return EventId("$" + encode_base64_urlsafe(compute_reference_hash(event, rules)))
 
 
-def is_content_hash_valid(event: Mapping[str, Any]) -> bool:
-    """True if `hashes.sha256` matches the event's content hash."""
+def is_content_hash_valid(
+    event: Mapping[str, Any], *, content_hash_bytes: bytes | None = None
+) -> bool:
+    """True if `hashes.sha256` matches the event's content hash.
+
+    `content_hash_bytes`, when given, is `encode_content_hash_bytes(event)` (saves re-encoding).
+    """
     hashes = event.get("hashes")
     if type(hashes) is not dict and not isinstance(hashes, Mapping):
         return False
     claimed = hashes.get("sha256")
     if not isinstance(claimed, str):
         return False
-    try:
-        return decode_base64(claimed) == compute_content_hash(event)
+    if content_hash_bytes is None:
+        content_hash_bytes = encode_content_hash_bytes(event)
+    return _is_base64_of(claimed, hashlib.sha256(content_hash_bytes).digest())
+
+
+def _is_base64_of(claimed: str, digest: bytes) -> bool:
+    if claimed == encode_base64(digest):  # the usual spelling: no decoding needed
+        return True
+    try:  # padded, or other bits in the last character's padding
+        return decode_base64(claimed) == digest
     except Base64Error:
         return False
 
@@ -350,18 +416,20 @@ def build_signed_event(
     """
     if not values_checked:
         check_canonical_value(event)
-    hashed: JsonDict = dict(event)
     # 1. The content hash, over the full event without unsigned, signatures and hashes.
-    hashed["hashes"] = {"sha256": encode_base64(compute_content_hash(hashed))}
+    content_hash = compute_content_hash(event)
+    hashed: JsonDict = dict(event)
+    hashed["hashes"] = {"sha256": encode_base64(content_hash)}
     # 2. Redact a copy and drop signatures and unsigned: the bytes to sign and to hash for the
     #    reference hash (the event ID) are the same.
     message = encode_signing_bytes(hashed, rules)
     # 3. Sign those bytes and put the signature on the full event.
-    signatures: dict[str, Any] = {
-        k: dict(v)
-        for k, v in _as_mapping(hashed.get("signatures")).items()
-        if isinstance(v, Mapping)
-    }
+    old = hashed.get("signatures")
+    signatures: dict[str, Any] = (
+        {}
+        if old is None
+        else {k: dict(v) for k, v in _as_mapping(old).items() if isinstance(v, Mapping)}
+    )
     signatures.setdefault(server_name, {})[key.key_id] = encode_base64(key.sign(message))
     hashed["signatures"] = signatures
     event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
@@ -401,10 +469,17 @@ def required_signers(event: Mapping[str, Any]) -> list[ServerName]:
 
 @dataclass(frozen=True, slots=True)
 class EventCheck:
-    """What `check_event` found: the event ID and whether the content hash matched."""
+    """What `check_event` found: the event ID and whether the content hash matched.
+
+    `size` is the length of the canonical JSON of the whole event as received (signatures and
+    `unsigned` included), for `events.parse_pdu(encoded_size=...)`; None only when the members
+    outside the content hash could not be encoded. A measurement, not part of the verdict: two
+    checks are equal when their event ID and hash verdict are.
+    """
 
     event_id: EventId
     hash_ok: bool
+    size: int | None = field(default=None, compare=False)
 
 
 def check_event(
@@ -418,10 +493,21 @@ def check_event(
 
     Raises `SignatureError` when a required signature is missing or invalid (the event must be
     dropped). A hash mismatch is reported, not raised: the receiver then keeps the redacted
-    copy. The event ID comes from the same bytes the signatures cover.
+    copy. The event ID comes from the same bytes the signatures cover. The bytes of the content
+    hash also give the event's encoded size (`EventCheck.size`) at little extra cost.
     """
     message = encode_signing_bytes(event, rules)
     event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
     for server in required_signers(event) if signers is None else signers:
         check_json_signature(event, server, keys, message=message)
-    return EventCheck(event_id=event_id, hash_ok=is_content_hash_valid(event))
+    # (As `is_content_hash_valid`, keeping the encoded bytes for the size.)
+    hash_form, left_out = _split_content_hash_form(event)
+    hashed = encode_canonical_json_trusted(hash_form)
+    hashes = event.get("hashes")
+    claimed = hashes.get("sha256") if type(hashes) is dict or isinstance(hashes, Mapping) else None
+    hash_ok = isinstance(claimed, str) and _is_base64_of(claimed, hashlib.sha256(hashed).digest())
+    try:
+        size: int | None = _event_size(len(hashed), left_out)
+    except (TypeError, ValueError, RecursionError):  # `unsigned` or `signatures` not JSON
+        size = None
+    return EventCheck(event_id, hash_ok, size)
