@@ -1,4 +1,8 @@
-"""The `s2s-node` command. The only module that prints.
+"""The `s2s-node` command: the parser and the commands that need no running node.
+
+The `cli*` modules are the only ones that print. This one owns the top-level parser, `init`,
+`id`, `run` and `debug`; the commands that talk to a running node live in `cli_remote`, the
+shared conventions in `cli_base`.
 
 Exit status: 0 success, 1 when the answer is "no" (a check failed), 2 bad usage or input.
 Design: DESIGN.md section 11 (interfaces other people script against).
@@ -7,67 +11,56 @@ Design: DESIGN.md section 11 (interfaces other people script against).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
 
-from s2s_node import __version__
+from s2s_node import __version__, cli_remote
+from s2s_node.cli_base import (
+    EXIT_NO,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandParser,
+    UsageError,
+    add_location_options,
+    print_json,
+    resolve_args_data_dir,
+)
 from s2s_node.config import ConfigError, load_config
-from s2s_node.datadir import DataDirError, create_signing_key, load_signing_key, resolve_data_dir
+from s2s_node.datadir import DataDirError, create_signing_key, load_signing_key
 from s2s_node.debugfiles import InputError
-
-EXIT_OK = 0
-EXIT_NO = 1
-EXIT_USAGE = 2
+from s2s_node.remote import ClientApiError, NoRunningNodeError, UnreachableError
 
 EPILOG = """\
 examples:
-  s2s-node init                          create the data dir and key, print the identifier
+  s2s-node run                           run a node with the defaults (key created on first run)
+  s2s-node init --data-dir /tmp/n1       create the data dir, key and token; print the identifier
   s2s-node id --data-dir /tmp/n1         print the identifier of that node
   s2s-node run --data-dir /tmp/n1        run the node until SIGINT/SIGTERM
+  s2s-node peers --data-dir /tmp/n1      the peers the running node knows (--json for scripts)
+  s2s-node room create --s2s --peer ID   open an s2s room with a peer; prints the room ID
+  s2s-node send ROOM org.example.ping '{"n": 1}'
+  s2s-node state ROOM                    the room's current state
+  s2s-node dag ROOM --format svg --output room.svg
   s2s-node debug check room.json         verify hashes, signatures and auth of each event
-  s2s-node debug resolve room.json.gz    state resolution over the file's state_sets
-  s2s-node debug replay room.json --at '$ev'   state after one event of a DAG
+
+Commands that talk to a running node find it through <data_dir>/node.json.
+Exit status: 0 success, 1 when the answer is "no", 2 bad usage or input.
 """
 
-
-class UsageError(Exception):
-    """Bad command-line usage or input; exit status 2."""
+Handler = Callable[[argparse.Namespace], int]
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"s2s-node: error: {message}\n")
-
-
-def _add_data_dir(parser: argparse.ArgumentParser, *, top: bool) -> None:
-    # Accepted before or after the subcommand; the subcommand's value wins.
-    default = None if top else argparse.SUPPRESS
-    parser.add_argument(
-        "--data-dir",
-        metavar="DIR",
-        default=default,
-        help="data directory (default: the config's data_dir, else $XDG_DATA_HOME/s2s-node"
-        " or ~/.local/share/s2s-node)",
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", default=default, help="TOML config (see node.example.toml)"
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
+    """The `s2s-node` parser and the handler of each command."""
+    parser = CommandParser(
         prog="s2s-node",
         description="A peer-to-peer Matrix node for server-to-server rooms (MSC3348).",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"s2s-node {__version__}")
-    _add_data_dir(parser, top=True)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    add_location_options(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
 
     init = commands.add_parser(
         "init",
@@ -80,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  s2s-node init --data-dir /tmp/n1",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_data_dir(init, top=False)
+    add_location_options(init, top=False)
     init.add_argument("--json", action="store_true", help="print {identifier, server_user}")
 
     ident = commands.add_parser(
@@ -90,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  s2s-node id --json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_data_dir(ident, top=False)
+    add_location_options(ident, top=False)
     ident.add_argument("--json", action="store_true", help="print a JSON object")
 
     run = commands.add_parser(
@@ -107,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_data_dir(run, top=False)
+    add_location_options(run, top=False)
     run.add_argument(
         "--set",
         dest="overrides",
@@ -122,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="work on event files (no node needed)",
         description="Tools that read event files; no running node is needed.",
     )
-    _add_data_dir(debug, top=False)
-    tools = debug.add_subparsers(dest="tool", metavar="TOOL", parser_class=_Parser)
+    add_location_options(debug, top=False)
+    tools = debug.add_subparsers(dest="tool", metavar="TOOL", parser_class=CommandParser)
 
     check = tools.add_parser(
         "check",
@@ -176,28 +169,25 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file")
     replay.add_argument("--at", metavar="EVENT_ID")
     replay.add_argument("--room-version", help="room version if the file does not say")
-    return parser
+
+    handlers: dict[str, Handler] = {
+        "init": cmd_init,
+        "id": cmd_id,
+        "run": cmd_run,
+        "debug": cmd_debug,
+    }
+    handlers.update(cli_remote.add_commands(commands))
+    return parser, handlers
 
 
 # ----------------------------------------------------------------------------------------------
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, ensure_ascii=False) + "\n")
-
-
-def _data_dir(args: argparse.Namespace) -> Path:
-    if args.data_dir is not None:
-        return resolve_data_dir(args.data_dir)
-    config = load_config(args.config) if args.config is not None else None
-    return resolve_data_dir(config.data_dir if config is not None else None)
-
-
 def cmd_init(args: argparse.Namespace) -> int:
-    data_dir = _data_dir(args)
+    data_dir = resolve_args_data_dir(args)
     key, created = create_signing_key(data_dir)
     if args.json:
-        _print_json({"identifier": key.identifier, "server_user": f"@:{key.identifier}"})
+        print_json({"identifier": key.identifier, "server_user": f"@:{key.identifier}"})
     else:
         sys.stdout.write(f"{key.identifier}\n")
     what = "created" if created else "already had"
@@ -206,9 +196,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_id(args: argparse.Namespace) -> int:
-    key = load_signing_key(_data_dir(args))
+    key = load_signing_key(resolve_args_data_dir(args))
     if args.json:
-        _print_json({"identifier": key.identifier, "server_user": f"@:{key.identifier}"})
+        print_json({"identifier": key.identifier, "server_user": f"@:{key.identifier}"})
     else:
         sys.stdout.write(f"{key.identifier}\n")
     return EXIT_OK
@@ -237,7 +227,7 @@ def cmd_debug(args: argparse.Namespace) -> int:
         results = debugtools.check_file(args.file, room_version=args.room_version)
         failed = 0
         for result in results:
-            _print_json(result)
+            print_json(result)
             ok = result.get("hash_ok") and result.get("signature_ok")
             if not ok or result.get("auth") != "allow":
                 failed += 1
@@ -246,28 +236,34 @@ def cmd_debug(args: argparse.Namespace) -> int:
     if args.tool == "resolve":
         if args.repeat < 0:
             raise UsageError("--repeat must be 0 or more")
-        _print_json(
+        print_json(
             debugtools.resolve_file(args.file, repeat=args.repeat, room_version=args.room_version)
         )
         return EXIT_OK
     if args.tool == "replay":
-        _print_json(debugtools.replay_file(args.file, at=args.at, room_version=args.room_version))
+        print_json(debugtools.replay_file(args.file, at=args.at, room_version=args.room_version))
         return EXIT_OK
     raise UsageError("debug needs a tool: check, resolve or replay (see s2s-node debug --help)")
 
 
-COMMANDS = {"init": cmd_init, "id": cmd_id, "run": cmd_run, "debug": cmd_debug}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser, handlers = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return COMMANDS[args.command](args)
-    except (UsageError, InputError, DataDirError, ConfigError) as exc:
+        return handlers[args.command](args)
+    except ClientApiError as exc:
+        return cli_remote.report_api_error(args, exc)
+    except (
+        UsageError,
+        InputError,
+        DataDirError,
+        ConfigError,
+        NoRunningNodeError,
+        UnreachableError,
+    ) as exc:
         sys.stderr.write(f"s2s-node: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
