@@ -28,7 +28,7 @@ def test_every_exported_name_resolves_and_is_documented() -> None:
 
 def test_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError):
-        _ = s2s_node.no_such_name  # type: ignore[attr-defined]
+        _ = s2s_node.no_such_name
 
 
 def test_importing_the_package_does_not_load_the_node() -> None:
