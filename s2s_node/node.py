@@ -3,11 +3,13 @@
 Owns: wiring the store, the rooms, the federation client and routes, the HTTP server, the
 outbound senders and static-peer learning into one nursery (`async with open_node(config) as
 node:`), and the Python API a P2P client embeds: `create_room`, `invite`, `join`, `leave`,
-`send_event`, `room_state`, `subscribe`, `add_peer_address`, `wake`. Must not: implement any
-protocol step itself (rooms, net and core do) or print (cli does).
+`send_event`, `room_state`, `subscribe`, `add_peer_address`, `wake`, `peers`, `peer_changes`.
+Must not: implement any protocol step itself (rooms, net and core do) or print (cli does).
 
-Seams for discovery (another module, later): `add_peer_address(identifier, host, port, cbor=)`
-records where a peer is and wakes its queue; `wake(identifier)` retries it at once.
+Transport security (`net.tls`) is built from `federation.tls` here and handed to the server, the
+client and the peer fetcher; static peers and discovery run in `net.peering`, which feeds
+`add_peer_address(identifier, host, port, cbor=)` (records where a peer is and wakes its queue)
+and `wake(identifier)` (retries it at once).
 
 Design: DESIGN.md sections 2 (the composition root), 7, 10 (Python embedding API), 11.
 """
@@ -25,7 +27,7 @@ from typing import Any
 
 import trio
 
-from s2s_node.config import Config, HostPort
+from s2s_node.config import Config
 from s2s_node.core.auth import S2S_ROOM_TYPES, StateKey
 from s2s_node.core.canonical import JsonDict, JsonValue
 from s2s_node.core.events import EventFormatError, Pdu, parse_pdu
@@ -40,14 +42,12 @@ from s2s_node.core.ids import (
 )
 from s2s_node.core.ingest import Outcome
 from s2s_node.core.keys import SigningKey
-from s2s_node.core.peers import KeyDocumentError
 from s2s_node.core.room import RoomGraph
 from s2s_node.core.signing import SignatureError, check_event, derived_keys
 from s2s_node.datadir import create_signing_key, resolve_data_dir
 from s2s_node.net.client import (
     ClientLimits,
     FederationClient,
-    FederationClientError,
     build_path,
     open_federation_client,
 )
@@ -60,9 +60,13 @@ from s2s_node.net.fed_membership import (
 from s2s_node.net.federation import V1, V2, FederationApi, build_routes
 from s2s_node.net.gapfill import HISTORY_PAGE, MAX_HISTORY_EVENTS, GapFiller, fetch_history
 from s2s_node.net.outbound import BackoffPolicy, OutboundSenders
-from s2s_node.net.peers import PeerAddress, PeerBook, learn_peer
+from s2s_node.net.peer_fetch import PeerFetcher, open_peer_fetcher
+from s2s_node.net.peering import PeerChangeStream, Peering, PeeringTiming
+from s2s_node.net.peers import PeerAddress, PeerBook
 from s2s_node.net.router import Router
 from s2s_node.net.server import HttpLimits, bound_port, serve_http
+from s2s_node.net.tls import TransportSecurity, build_transport_security
+from s2s_node.peerinfo import PeerInfo
 from s2s_node.rooms import LocalEvent, NodeRooms, Subscription, compute_servers_in_room
 from s2s_node.store import AsyncStore, Store, open_async_store
 from s2s_node.store.federation import PeerRecord
@@ -71,9 +75,6 @@ logger = logging.getLogger(__name__)
 
 ROOM_TYPES = {"unstable": "support.feline.s2s", "stable": "m.s2s"}
 SUPPORTED_VERSIONS = ("10", "11", "12")
-# Learning a static peer: first retry after this, doubling up to the cap.
-STATIC_PEER_RETRY_S = 1.0
-STATIC_PEER_RETRY_MAX_S = 30.0
 # Received transaction IDs are kept this long for deduplication, pruned this often.
 RECEIVED_TXN_RETENTION_MS = 7 * 24 * 3600 * 1000
 PRUNE_INTERVAL_S = 3600.0
@@ -112,6 +113,9 @@ class Node:
         nursery: trio.Nursery,
         backoff: BackoffPolicy,
         cbor: bool,
+        security: TransportSecurity,
+        fetcher: PeerFetcher,
+        peering: PeeringTiming | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.config = config
@@ -121,7 +125,8 @@ class Node:
         self.data_dir = data_dir
         self.astore = astore
         self.client = client
-        self.peers = peers
+        self.peer_book = peers
+        self.security = security
         self.now_ms = clock
         self._nursery = nursery
         self.outbound = OutboundSenders(
@@ -144,6 +149,18 @@ class Node:
         self.federation_address: tuple[str, int] | None = None
         self.join_state_mismatches = 0
         self._joining: dict[str, trio.Event] = {}
+        self.peering = Peering(
+            identifier=self.identifier,
+            book=peers,
+            channels=security.channels,
+            fetch=fetcher,
+            add_address=self._add_peer_address,
+            wake=self.wake,
+            tls=security.server is not None,
+            cbor=cbor,
+            room_versions=SUPPORTED_VERSIONS,
+            timing=peering or PeeringTiming(),
+        )
 
     # -- addresses and peers
 
@@ -151,14 +168,23 @@ class Node:
     def federation_url(self) -> str:
         assert self.federation_address is not None
         host, port = self.federation_address
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        scheme = "https" if self.security.server is not None else "http"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+    def peers(self) -> list[PeerInfo]:
+        """Static and discovered peers (departed ones removed), with their channel's TLS state."""
+        return self.peering.peers()
+
+    def peer_changes(self) -> PeerChangeStream:
+        """Peer changes from now on (`async for change in node.peer_changes()`)."""
+        return self.peering.changes()
 
     async def add_peer_address(
         self, identifier: str, host: str, port: int, *, cbor: bool = False
     ) -> None:
         """Where `identifier` can be reached (discovery or static config); wakes its queue."""
         address = PeerAddress(host=host, port=port, cbor=cbor)
-        self.peers.set(identifier, address)
+        self.peer_book.set(identifier, address)
         record = PeerRecord(
             server_name=identifier,
             address=f"{host}:{port}",
@@ -167,6 +193,9 @@ class Node:
         )
         await self.astore.write(lambda store: store.peers.put(record))
         self.wake(identifier)
+
+    async def _add_peer_address(self, identifier: str, host: str, port: int, cbor: bool) -> None:
+        await self.add_peer_address(identifier, host, port, cbor=cbor)
 
     def wake(self, identifier: str) -> None:
         """Retry deliveries to `identifier` at once (discovery saw it again)."""
@@ -179,24 +208,7 @@ class Node:
             host, port = info.get("host"), info.get("port")
             if isinstance(host, str) and isinstance(port, int):
                 cbor = info.get("cbor") is True
-                self.peers.set(record.server_name, PeerAddress(host=host, port=port, cbor=cbor))
-
-    async def _learn_static_peer(self, peer: HostPort) -> None:
-        delay = STATIC_PEER_RETRY_S
-        while True:
-            try:
-                identifier, address = await learn_peer(self.client, peer.host, peer.port, now_ms)
-            except (FederationClientError, KeyDocumentError) as exc:
-                logger.info("static peer %s not ready: %s", peer, exc)
-            else:
-                if identifier != self.identifier:
-                    logger.info("static peer %s is %s", peer, identifier)
-                    await self.add_peer_address(
-                        identifier, address.host, address.port, cbor=address.cbor
-                    )
-                return
-            await trio.sleep(delay)
-            delay = min(delay * 2, STATIC_PEER_RETRY_MAX_S)
+                self.peer_book.set(record.server_name, PeerAddress(host=host, port=port, cbor=cbor))
 
     # -- the Python API
 
@@ -293,7 +305,7 @@ class Node:
                 "event": pdu.json,
                 "invite_room_state": invite_room_state,
             },
-            cbor=self.peers.reads_cbor(target),
+            cbor=self.peer_book.reads_cbor(target),
         )
         signed = answer.get("event") if isinstance(answer, dict) else None
         try:
@@ -330,7 +342,7 @@ class Node:
                 "PUT",
                 build_path(f"{V2}/send_join/{{}}/{{}}", room_id, pdu.event_id),
                 body=pdu.json,
-                cbor=self.peers.reads_cbor(via),
+                cbor=self.peer_book.reads_cbor(via),
             )
             if not isinstance(response, dict):
                 raise JoinError("send_join answered with something that is not an object")
@@ -481,12 +493,15 @@ async def open_node(
     backoff: BackoffPolicy | None = None,
     cbor: bool = True,
     clock: Callable[[], int] = now_ms,
+    peering: PeeringTiming | None = None,
 ) -> AsyncIterator[Node]:
-    """Run a node: key (created on first run), store, HTTP server, outbound senders, static
-    peers. Everything stops when the block exits.
+    """Run a node: key (created on first run), store, HTTP server (TLS unless
+    `federation.tls = false`), outbound senders, static peers, discovery (when
+    `discovery.enabled`). Everything stops when the block exits.
 
     `cbor` says whether this node reads and sends application/cbor bodies (it always reads
-    JSON). `data_dir` overrides the config's.
+    JSON). `data_dir` overrides the config's. `peering` sets how fast peers are verified and
+    probed.
     """
     path = resolve_data_dir(data_dir if data_dir is not None else config.data_dir)
     key, created = await trio.to_thread.run_sync(create_signing_key, path)
@@ -494,11 +509,17 @@ async def open_node(
         logger.info("created the key of %s in %s", key.identifier, path)
     limits = http_limits or HttpLimits(max_body_bytes=config.federation.max_body_bytes)
     peers = PeerBook()
+    security = build_transport_security(key, tls=config.federation.tls)
     async with (
         open_async_store(path) as astore,
         open_federation_client(
-            key, peers.resolve, limits=client_limits or ClientLimits(), read_cbor=cbor
+            key,
+            peers.resolve,
+            limits=client_limits or ClientLimits(),
+            read_cbor=cbor,
+            tls=security.client,
         ) as client,
+        open_peer_fetcher(tls=security.client) as fetcher,
         trio.open_nursery() as nursery,
     ):
         node = Node(
@@ -511,29 +532,44 @@ async def open_node(
             nursery=nursery,
             backoff=backoff or BackoffPolicy(),
             cbor=cbor,
+            security=security,
+            fetcher=fetcher,
+            peering=peering,
             clock=clock,
         )
         await node._load_peers()
         listen = config.federation.listen
         listeners = await nursery.start(
             functools.partial(
-                serve_http, node.router, host=listen.host, port=listen.port, limits=limits
+                serve_http,
+                node.router,
+                host=listen.host,
+                port=listen.port,
+                limits=limits,
+                tls=security.server,
             )
         )
         node.federation_address = (connectable_host(listen.host), bound_port(listeners))
         await nursery.start(node.outbound.run)
         nursery.start_soon(node._prune_received_transactions)
         for peer in config.peers:
-            nursery.start_soon(node._learn_static_peer, peer)
-        logger.info("node %s listening on %s", node.identifier, node.federation_url)
-        if config.federation.tls:
-            logger.warning("TLS not yet available; federation runs over plain HTTP")
+            nursery.start_soon(node.peering.run_static, peer.host, peer.port)
         if config.discovery.enabled:
-            logger.info("discovery is not wired into the node yet; only static peers are used")
+            await nursery.start(
+                functools.partial(
+                    node.peering.run_discovery,
+                    port=node.federation_address[1],
+                    interfaces=config.discovery.interfaces,
+                )
+            )
+        logger.info("node %s listening on %s", node.identifier, node.federation_url)
+        if security.warning is not None:
+            logger.warning(security.warning)
         try:
             yield node
         finally:
             node.rooms.close_subscriptions()
+            node.peering.close()
             nursery.cancel_scope.cancel()
 
 

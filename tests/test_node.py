@@ -64,7 +64,7 @@ async def _resolved(node: object, identifier: str) -> bool:
     from s2s_node.node import Node
 
     assert isinstance(node, Node)
-    return node.peers.resolve(identifier) is not None
+    return node.peer_book.resolve(identifier) is not None
 
 
 async def test_three_nodes_converge_after_concurrent_state_changes(tmp_path: Path) -> None:

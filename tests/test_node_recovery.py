@@ -64,7 +64,7 @@ async def test_a_restarted_node_resends_what_it_had_queued(tmp_path: Path) -> No
         async with contextlib.AsyncExitStack() as stack:
             b = await start_node(stack, tmp_path / "b", port=b_port)
             a = await start_node(stack, tmp_path / "a")
-            assert a.peers.resolve(b.identifier) == ("127.0.0.1", b_port)  # from the store
+            assert a.peer_book.resolve(b.identifier) == ("127.0.0.1", b_port)  # from the store
             await wait_for(lambda: _has_events(b, room, sent))
 
             async def drained() -> bool:

@@ -13,7 +13,10 @@ from pathlib import Path
 import httpcore
 
 RUN = [sys.executable, "-m", "s2s_node.cli", "run"]
-SETTINGS = ["--set", "federation.listen=127.0.0.1:0", "--set", "discovery.enabled=false"]
+SETTINGS = [
+    *("--set", "federation.listen=127.0.0.1:0", "--set", "discovery.enabled=false"),
+    *("--set", "federation.tls=false"),  # plain, so that the test can read /version simply
+]
 START_DEADLINE_S = 20.0
 
 
@@ -94,7 +97,7 @@ def test_run_logs_the_tls_warning_and_sigint_also_stops(tmp_path: Path) -> None:
         assert process.wait(timeout=10) == 0
         assert process.stderr is not None
         log = process.stderr.read().decode()
-        assert "TLS not yet available; federation runs over plain HTTP" in log
+        assert "federation traffic is PLAIN HTTP" in log
         assert process.stdout is not None
         assert process.stdout.read() == b""
     finally:

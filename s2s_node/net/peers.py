@@ -1,32 +1,23 @@
-"""Where peers are: identifier -> address, what each can read, and learning a static peer.
+"""Where peers are: identifier -> address, and what each can read.
 
 Owns: `PeerBook` (the addresses discovery or static config gave for each identifier, used by
-the federation client's network backend, and whether a peer reads CBOR) and `learn_peer`, which
-asks a `host:port` for its key document (`GET /_matrix/key/v2/server`, unsigned) and checks that
-the document proves the identifier its key encodes before the address is trusted. Must not:
-send federation requests about rooms or decide when to retry (the node does).
+the federation client's network backend, and whether a peer reads CBOR) and `parse_encodings`
+(what a `/version` answer says the peer reads). Must not: find or verify peers (net.peering
+does, through net.peer_fetch) or send requests.
 
-Design: DESIGN.md sections 3 ("GET /_matrix/key/v2/server still serves the self-signed key
-document"), 7 (network backend mapping identifiers to addresses; enc=cbor) and 8 (static peers).
+Design: DESIGN.md sections 7 (network backend mapping identifiers to addresses; enc=cbor) and 8
+(static peers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from s2s_node.core.canonical import JsonValue
-from s2s_node.core.ids import ServerName
-from s2s_node.core.peers import check_key_document
-from s2s_node.net.client import FederationClient
 
-KEY_PATH = "/_matrix/key/v2/server"
-VERSION_PATH = "/_matrix/federation/v1/version"
 # The key of the version answer under which this node advertises the body encodings it reads
 # (the TXT record's `enc` for peers that are not found by mDNS).
 ENCODINGS_FIELD = "support.feline.s2s.enc"
-# Deadline of each request made to learn a peer.
-LEARN_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +48,10 @@ class PeerBook:
         self._peers[identifier] = address
         return changed
 
+    def remove(self, identifier: str) -> bool:
+        """Forget where `identifier` is (it departed); True if it was known."""
+        return self._peers.pop(identifier, None) is not None
+
     def reads_cbor(self, identifier: str) -> bool:
         peer = self._peers.get(identifier)
         return peer is not None and peer.cbor
@@ -73,23 +68,3 @@ def parse_encodings(version: JsonValue) -> frozenset[str]:
         if isinstance(listed, list) and all(isinstance(e, str) for e in listed):
             return frozenset(str(e) for e in listed)
     return frozenset({"json"})
-
-
-async def learn_peer(
-    client: FederationClient, host: str, port: int, now_ms: Callable[[], int]
-) -> tuple[ServerName, PeerAddress]:
-    """Ask `host:port` who it is: its key document, checked, and the encodings it reads.
-
-    Raises the client's errors (`PeerUnreachable`, `RemoteError`, `BadResponse`) or
-    `KeyDocumentError`.
-    """
-    destination = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    _, document = await client.request(
-        destination, "GET", KEY_PATH, sign=False, timeout_s=LEARN_TIMEOUT_S
-    )
-    identifier = check_key_document(document, expected=None, now_ms=now_ms())
-    _, version = await client.request(
-        destination, "GET", VERSION_PATH, sign=False, timeout_s=LEARN_TIMEOUT_S
-    )
-    cbor = "cbor" in parse_encodings(version)
-    return identifier, PeerAddress(host=host, port=port, cbor=cbor)
