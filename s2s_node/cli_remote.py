@@ -505,7 +505,7 @@ def cmd_negotiations(args: argparse.Namespace) -> int:
     if args.json:
         print_json(items)
         return EXIT_OK
-    columns = ("negotiation_id", "state", "proposer", "version", "error")
+    columns = ("negotiation_id", "state", "role", "peer", "version", "error")
     rows = [[item.get(c) for c in columns] for item in items]
     print_table([c.upper() for c in columns], rows)
     return EXIT_OK
