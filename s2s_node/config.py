@@ -68,6 +68,20 @@ class UpgradeConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PolicyConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModuleConfig:
+    """One `[[modules]]` entry: `path` is `package.module:Class`; `config` its own table."""
+
+    path: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+    deadline_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
     data_dir: str | None = None
     peers: tuple[HostPort, ...] = ()
@@ -77,10 +91,12 @@ class Config:
     rooms: RoomsConfig = RoomsConfig()
     s2s: S2SConfig = S2SConfig()
     upgrade: UpgradeConfig = UpgradeConfig()
+    policy: PolicyConfig = PolicyConfig()
+    modules: tuple[ModuleConfig, ...] = ()
 
 
-SECTIONS = ("federation", "client", "discovery", "rooms", "s2s", "upgrade")
-TOP_LEVEL = ("data_dir", "peers")
+SECTIONS = ("federation", "client", "discovery", "rooms", "s2s", "upgrade", "policy")
+TOP_LEVEL = ("data_dir", "peers", "modules")
 
 
 def parse_host_port(value: object, key: str) -> HostPort:
@@ -187,6 +203,10 @@ def build_config(raw: Mapping[str, Any]) -> Config:
         mode=mode,
         timeout_s=_positive(up.get("timeout_s", 300), "upgrade.timeout_s"),
     )
+    policy_raw = _section(raw, "policy", ("enabled",))
+    policy = PolicyConfig(
+        enabled=_expect(policy_raw.get("enabled", True), bool, "policy.enabled", "true or false")
+    )
     return Config(
         data_dir=data_dir,
         peers=peers,
@@ -196,7 +216,32 @@ def build_config(raw: Mapping[str, Any]) -> Config:
         rooms=RoomsConfig(default_version=default_version),
         s2s=s2s,
         upgrade=upgrade,
+        policy=policy,
+        modules=_parse_modules(raw.get("modules", [])),
     )
+
+
+def _parse_modules(value: object) -> tuple[ModuleConfig, ...]:
+    """`[[modules]]`: path = "package.module:Class", optional deadline_s, optional config table."""
+    entries = _expect(value, list, "modules", "an array of tables ([[modules]])")
+    modules = []
+    for i, entry in enumerate(entries):
+        key = f"modules[{i}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{key}: expected a table, got {entry!r}")
+        for name in entry:
+            if name not in ("path", "config", "deadline_s"):
+                raise ConfigError(f"{key}.{name}: unknown key (known: path, config, deadline_s)")
+        path = _expect(entry.get("path"), str, f"{key}.path", '"package.module:Class"')
+        module, sep, cls = path.partition(":")
+        if not sep or not module or not cls:
+            raise ConfigError(f'{key}.path: expected "package.module:Class", got {path!r}')
+        config = _expect(entry.get("config", {}), Mapping, f"{key}.config", "a table")
+        deadline = entry.get("deadline_s", 5.0)
+        if isinstance(deadline, bool) or not isinstance(deadline, int | float) or deadline <= 0:
+            raise ConfigError(f"{key}.deadline_s: expected a positive number, got {deadline!r}")
+        modules.append(ModuleConfig(path=path, config=dict(config), deadline_s=float(deadline)))
+    return tuple(modules)
 
 
 def _positive(value: object, key: str) -> int:
