@@ -33,7 +33,7 @@ from pathlib import Path
 
 import trio
 
-from s2s_node.config import Config, DiscoveryConfig, FederationConfig, HostPort
+from s2s_node.config import ClientConfig, Config, DiscoveryConfig, FederationConfig, HostPort
 from s2s_node.core.ids import RoomId
 from s2s_node.node import Node, open_node
 from s2s_node.store import Store
@@ -48,6 +48,7 @@ def build_config(transport: str) -> Config:
             listen=HostPort(host="127.0.0.1", port=0), tls=transport == "tls"
         ),
         discovery=DiscoveryConfig(enabled=False),
+        client=ClientConfig(listen=HostPort(host="127.0.0.1", port=0)),
     )
 
 

@@ -19,7 +19,7 @@ import trio
 import zeroconf
 from node_fixtures import FAST_BACKOFF, make_shared_room, next_event
 
-from s2s_node.config import Config, DiscoveryConfig, FederationConfig, HostPort
+from s2s_node.config import ClientConfig, Config, DiscoveryConfig, FederationConfig, HostPort
 from s2s_node.core.peers import ChangeKind, Liveness
 from s2s_node.discovery import DiscoveryTiming
 from s2s_node.net.outbound import BackoffPolicy
@@ -66,6 +66,7 @@ def discovery_config(*, tls: bool = True) -> Config:
     return Config(
         federation=FederationConfig(listen=HostPort(host="127.0.0.1", port=0), tls=tls),
         discovery=DiscoveryConfig(enabled=True, interfaces=tuple(LOOPBACK)),
+        client=ClientConfig(listen=HostPort(host="127.0.0.1", port=0)),
     )
 
 

@@ -24,9 +24,10 @@ import trio
 from netns_node import key_server_router
 from node_fixtures import FAST_BACKOFF, make_shared_room, next_event, wait_for
 
-from s2s_node.config import Config, DiscoveryConfig, FederationConfig, HostPort
+from s2s_node.config import ClientConfig, Config, DiscoveryConfig, FederationConfig, HostPort
 from s2s_node.core.ids import server_user
 from s2s_node.core.keys import signing_key_from_seed
+from s2s_node.core.peers import ChangeKind
 from s2s_node.discovery import KeyFetchError, VerificationError, VerifyReason, verify_static_peer
 from s2s_node.net.client import (
     FederationClient,
@@ -36,10 +37,11 @@ from s2s_node.net.client import (
     build_path,
 )
 from s2s_node.net.peer_fetch import open_peer_fetcher
-from s2s_node.net.peering import PeeringTiming
+from s2s_node.net.peering import PeerChangeStream, PeeringTiming
 from s2s_node.net.server import bound_port, serve_http
 from s2s_node.net.tls import WARNING_PLAIN_HTTP, build_transport_security
 from s2s_node.node import Node, open_node
+from s2s_node.peerinfo import PeerInfoChange
 
 DEADLINE_S = 30.0
 FAST_PEERING = PeeringTiming(
@@ -47,11 +49,12 @@ FAST_PEERING = PeeringTiming(
 )
 
 
-def tls_config(peers: Sequence[HostPort] = (), *, tls: bool = True) -> Config:
+def tls_config(peers: Sequence[HostPort] = (), *, tls: bool = True, port: int = 0) -> Config:
     return Config(
         peers=tuple(peers),
-        federation=FederationConfig(listen=HostPort(host="127.0.0.1", port=0), tls=tls),
+        federation=FederationConfig(listen=HostPort(host="127.0.0.1", port=port), tls=tls),
         discovery=DiscoveryConfig(enabled=False),
+        client=ClientConfig(listen=HostPort(host="127.0.0.1", port=0)),
     )
 
 
@@ -264,3 +267,58 @@ async def test_tls_false_warns_loudly_and_runs_plain(
                 (seen,) = b.peers()
                 assert seen.verified and not seen.encrypted and not seen.pinned
                 assert a.security.channels.all() == []
+
+
+async def test_a_static_peer_is_probed_marked_unreachable_and_back_never_removed(
+    tmp_path: Path,
+) -> None:
+    changes: list[PeerInfoChange] = []
+    with trio.fail_after(DEADLINE_S):
+        async with open_node(tls_config(), data_dir=tmp_path / "a") as first:
+            assert first.federation_address is not None
+            port = first.federation_address[1]
+            identifier = first.identifier
+        a_config = tls_config(port=port)
+        b_config = tls_config([HostPort(host="127.0.0.1", port=port)])
+        async with (
+            open_node(b_config, data_dir=tmp_path / "b", peering=FAST_PEERING) as b,
+            trio.open_nursery() as watchers,
+        ):
+            watchers.start_soon(collect, b.peer_changes(), changes)
+            await trio.sleep(0.3)
+            assert b.peers() == []  # a static peer that never answered has no identifier yet
+
+            def alive() -> bool:
+                return any(p.identifier == identifier and p.alive for p in b.peers())
+
+            async with open_node(a_config, data_dir=tmp_path / "a"):
+                await wait_for(lambda: _async(alive()))
+            await wait_for(lambda: _async(not alive()))
+            (down,) = b.peers()
+            assert (down.static, down.verified, down.alive) == (True, True, False)
+            assert b.peer_book.resolve(identifier) == ("127.0.0.1", port)  # static: kept
+            async with open_node(a_config, data_dir=tmp_path / "a"):
+                await wait_for(lambda: _async(alive()))
+            assert [c.kind for c in changes] == [
+                ChangeKind.ADDED,
+                ChangeKind.VERIFIED,
+                ChangeKind.UNREACHABLE,
+                ChangeKind.VERIFIED,
+            ]
+            assert all(c.peer.static and c.peer.identifier == identifier for c in changes)
+            assert changes[1].to_json()["kind"] == "verified"
+            assert list(changes[1].peer.to_json())[:6] == [
+                "identifier",
+                "addresses",
+                "port",
+                "verified",
+                "alive",
+                "encrypted",
+            ]
+            watchers.cancel_scope.cancel()
+
+
+async def collect(stream: PeerChangeStream, into: list[PeerInfoChange]) -> None:
+    async with stream:
+        async for change in stream:
+            into.append(change)
