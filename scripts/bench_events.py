@@ -1,6 +1,6 @@
 """Benchmark of the signed-event core: building+signing and verifying events, against a ceiling.
 
-Usage: `python scripts/bench_events.py [--rooms DIR] [--room FILE] [--n N] [--repeats R]`
+Usage: `python scripts/bench_events.py [--rooms DIR] [--room FILE] [--n N] [--repeats R] [--json]`
 
 Loads the events of one benchmark room (perf-dag/1 format; default: the largest file in
 `../shared/bench/rooms` relative to the repository root) with the strict decoder
@@ -49,6 +49,7 @@ import argparse
 import gc
 import gzip
 import hashlib
+import json
 import statistics
 import sys
 import time
@@ -125,12 +126,33 @@ def _build_ours(events: list[dict[str, Any]], rules: RoomVersionRules) -> None:
         )
 
 
+def _json_result(
+    room: str, version: str, n: int, repeats: int, runs: dict[str, list[float]]
+) -> dict[str, Any]:
+    """The figures of the human output, machine-readable (`--json`)."""
+    result: dict[str, Any] = {"room": room, "room_version": version, "events": n}
+    result["repeats"] = repeats
+    for name, target in (("build", 0.7), ("verify", 0.8)):
+        ours, ceiling = runs[name], runs[f"{name}_ceiling"]
+        result[name] = {
+            "events_per_s_best": n / min(ours),
+            "events_per_s_median": n / statistics.median(ours),
+            "ceiling_events_per_s_best": n / min(ceiling),
+            "ceiling_events_per_s_median": n / statistics.median(ceiling),
+            "ratio_best": min(ceiling) / min(ours),
+            "ratio_median": statistics.median(ceiling) / statistics.median(ours),
+            "target_ratio": target,
+        }
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rooms", type=Path, default=DEFAULT_ROOMS, help="folder of rooms")
     parser.add_argument("--room", type=Path, help="one room file (overrides --rooms)")
     parser.add_argument("--n", type=int, default=0, help="use the first N events (0: all)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
 
     path = args.room or _largest_room(args.rooms)
@@ -194,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         runs["build_ceiling"].append(_time(build_ceiling))
 
     n = len(events)
+    if args.json:
+        print(json.dumps(_json_result(path.name, rules.version, n, args.repeats, runs)))
+        return 0
     print(f"room {path.name}: room version {rules.version}, {n} events, {args.repeats} repeats")
     for name in ("build", "verify"):
         ours, ceiling = runs[name], runs[f"{name}_ceiling"]

@@ -1,6 +1,6 @@
 """Benchmark of the receive pipeline: a whole room through `ingest_pdu`, against a ceiling.
 
-Usage: `python scripts/bench_ingest.py [--rooms DIR] [--room FILE] [--repeats R]`
+Usage: `python scripts/bench_ingest.py [--rooms DIR] [--room FILE] [--repeats R] [--json]`
 
 Replays one benchmark room (perf-dag/1; default: the largest file in `../shared/bench/rooms`
 relative to the repository root) event by event, in file order, through
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rooms", type=Path, default=DEFAULT_ROOMS, help="folder of rooms")
     parser.add_argument("--room", type=Path, help="one room file (overrides --rooms)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     args = parser.parse_args(argv)
 
     path = args.room or _largest_room(args.rooms)
@@ -161,6 +162,31 @@ def main(argv: list[str] | None = None) -> int:
     n = len(events)
     best_ratio = min(ceiling_runs) / min(ingest_runs)
     median_ratio = statistics.median(ceiling_runs) / statistics.median(ingest_runs)
+    without_resolve = [i - r for i, r in zip(ingest_runs, resolve_seconds, strict=True)]
+    exit_status = 0 if tips_ok and (matches_expected or soft_failed_tips) else 1
+    if args.json:
+        figures = {
+            "room": path.name,
+            "room_version": rules.version,
+            "events": n,
+            "repeats": args.repeats,
+            "events_per_s_best": n / min(ingest_runs),
+            "events_per_s_median": n / statistics.median(ingest_runs),
+            "ceiling_events_per_s_best": n / min(ceiling_runs),
+            "ceiling_events_per_s_median": n / statistics.median(ceiling_runs),
+            "ratio_best": best_ratio,
+            "ratio_median": median_ratio,
+            "goal_ratio": 0.5,
+            "resolve_calls": meter.calls,
+            "resolve_seconds_median": statistics.median(resolve_seconds),
+            "ratio_without_resolve": min(ceiling_runs) / min(without_resolve),
+            "outcomes": {o.value: c for o, c in outcomes.items()},
+            "tips_ok": tips_ok,
+            "soft_failed_tips": soft_failed_tips,
+            "matches_expected": matches_expected,
+        }
+        print(json.dumps(figures))
+        return exit_status
     print(f"room {path.name}: room version {rules.version}, {n} events, {args.repeats} repeats")
     print(
         f"ingest  {n / min(ingest_runs):9.0f} ev/s"
@@ -169,7 +195,6 @@ def main(argv: list[str] | None = None) -> int:
         f" (median {n / statistics.median(ceiling_runs):9.0f})"
         f" | ratio best {best_ratio:.2f}, median {median_ratio:.2f} (goal >= 0.5)"
     )
-    without_resolve = [i - r for i, r in zip(ingest_runs, resolve_seconds, strict=True)]
     print(
         f"state resolution: {meter.calls} calls per replay,"
         f" {statistics.median(resolve_seconds):.3f} s of {statistics.median(ingest_runs):.3f} s"
@@ -184,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         f" {soft_failed_tips} of {len(room['tips'])} tips soft-failed;"
         f" current state {'matches' if matches_expected else 'differs from'} expected"
     )
-    return 0 if tips_ok and (matches_expected or soft_failed_tips) else 1
+    return exit_status
 
 
 if __name__ == "__main__":

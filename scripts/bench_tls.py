@@ -1,6 +1,6 @@
 """Benchmark of the transport: signed PUTs of a 50-PDU transaction, TLS 1.3 beside plain HTTP.
 
-Usage: `python scripts/bench_tls.py [--requests N] [--rounds R] [--concurrency C]`
+Usage: `python scripts/bench_tls.py [--requests N] [--rounds R] [--concurrency C] [--json]`
 
 One process, one trio loop: `net.server.serve_http` on 127.0.0.1 (with `tls=` or without)
 answering `PUT /_matrix/federation/v1/send/{txnId}` after full X-Matrix authentication (body
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -143,18 +144,34 @@ async def main_async(args: argparse.Namespace) -> None:
     mixed = TransportSecurity(
         server=bob_tls.server, client=tls.client, channels=tls.channels, warning=None
     )
-    print(f"body: {PDUS_PER_TXN} PDUs, {body_bytes} bytes of JSON; requests per round: ", end="")
-    print(f"{args.requests}; rounds: {args.rounds}; concurrency: {args.concurrency}")
+    say = (lambda *a, **k: None) if args.json else print
+    say(f"body: {PDUS_PER_TXN} PDUs, {body_bytes} bytes of JSON; requests per round: ", end="")
+    say(f"{args.requests}; rounds: {args.rounds}; concurrency: {args.concurrency}")
     best: dict[str, dict[str, float]] = {"plain": {}, "tls": {}}
     for round_ in range(args.rounds):
         for name, security in (("plain", None), ("tls", mixed)):
             rates = await measure(security, ALICE, txn, args.requests, args.concurrency)
-            print(
+            say(
                 f"  round {round_ + 1} {name:5s} "
                 + "  ".join(f"{k}={v:7.1f}/s" for k, v in rates.items())
             )
             for k, v in rates.items():
                 best[name][k] = max(best[name].get(k, 0.0), v)
+    if args.json:
+        ratios = {k: best["tls"][k] / best["plain"][k] for k in best["plain"]}
+        result = {
+            "body_bytes": body_bytes,
+            "pdus_per_txn": PDUS_PER_TXN,
+            "requests": args.requests,
+            "rounds": args.rounds,
+            "concurrency": args.concurrency,
+            "best_requests_per_s": best,
+            "tls_over_plain": ratios,
+            "tls_cost_percent": (1 - ratios["sequential"]) * 100,
+            "goal_tls_cost_percent_below": 25,
+        }
+        print(json.dumps(result))
+        return
     print("best of rounds (requests/s):")
     print(f"  {'mode':16s} {'plain':>9s} {'tls':>9s} {'tls/plain':>10s}")
     for k in best["plain"]:
@@ -170,6 +187,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead")
     trio.run(main_async, parser.parse_args())
 
 
