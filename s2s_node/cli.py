@@ -29,6 +29,7 @@ from s2s_node.config import ConfigError, load_config
 from s2s_node.datadir import DataDirError, create_signing_key, load_signing_key
 from s2s_node.debugfiles import InputError
 from s2s_node.remote import ClientApiError, NoRunningNodeError, UnreachableError
+from s2s_node.tokens import init_access_token
 
 EPILOG = """\
 examples:
@@ -186,6 +187,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 def cmd_init(args: argparse.Namespace) -> int:
     data_dir = resolve_args_data_dir(args)
     key, created = create_signing_key(data_dir)
+    init_access_token(data_dir)  # the database and <data_dir>/access_token (0600), once
     if args.json:
         print_json({"identifier": key.identifier, "server_user": f"@:{key.identifier}"})
     else:

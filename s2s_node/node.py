@@ -42,9 +42,13 @@ from s2s_node.core.ids import (
 )
 from s2s_node.core.ingest import Outcome
 from s2s_node.core.keys import SigningKey
+from s2s_node.core.negotiation_vendor import VendorMethod, VendorRegistry
 from s2s_node.core.room import RoomGraph
 from s2s_node.core.signing import SignatureError, check_event, derived_keys
 from s2s_node.datadir import create_signing_key, resolve_data_dir
+from s2s_node.modules.host import ModuleHost
+from s2s_node.modules.loader import LoadedModule, load_modules
+from s2s_node.modules.policy import PolicyDisabledError, PolicyModule, RuleInfo
 from s2s_node.net.client import (
     ClientLimits,
     FederationClient,
@@ -68,8 +72,10 @@ from s2s_node.net.server import HttpLimits, bound_port, serve_http
 from s2s_node.net.tls import TransportSecurity, build_transport_security
 from s2s_node.peerinfo import PeerInfo
 from s2s_node.rooms import LocalEvent, NodeRooms, Subscription, compute_servers_in_room
+from s2s_node.s2s import NegotiationInfo, S2sRooms, UpgradeOutcome
 from s2s_node.store import AsyncStore, Store, open_async_store
 from s2s_node.store.federation import PeerRecord
+from s2s_node.tokens import ensure_server_token, issue_token, parse_localpart
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +123,7 @@ class Node:
         fetcher: PeerFetcher,
         peering: PeeringTiming | None = None,
         clock: Callable[[], int] = now_ms,
+        modules: Sequence[LoadedModule] | None = None,
     ) -> None:
         self.config = config
         self.key = key
@@ -144,9 +151,15 @@ class Node:
         )
         self.federation.room_pending = self._room_pending
         self.membership = MembershipApi(self.federation, on_invite=self._on_invite)
+        # docs/design.md section 10; `modules` None: those the config names
+        self.modules = ModuleHost(self, load_modules(config) if modules is None else modules)
+        self.rooms.before_local = self.modules.check_local
+        self.rooms.filter_remote = self.modules.filter_remote
+        self.membership.check_invite = self.modules.check_invite
         self.router = Router(build_routes(self.federation, self.membership))
         self.invites: dict[RoomId, Invite] = {}
         self.federation_address: tuple[str, int] | None = None
+        self.client_address: tuple[str, int] | None = None  # net.client_api's listener
         self.join_state_mismatches = 0
         self._joining: dict[str, trio.Event] = {}
         self.peering = Peering(
@@ -161,6 +174,9 @@ class Node:
             room_versions=SUPPORTED_VERSIONS,
             timing=peering or PeeringTiming(),
         )
+        self.s2s = S2sRooms(self)  # s2s rooms, negotiations, upgrades (docs/design.md §9)
+        for method in self.modules.vendor_methods():
+            self.register_vendor_method(method)
 
     # -- addresses and peers
 
@@ -170,6 +186,24 @@ class Node:
         host, port = self.federation_address
         scheme = "https" if self.security.server is not None else "http"
         return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+    @property
+    def client_url(self) -> str:
+        """The client API's base URL (net.client_api; loopback unless configured)."""
+        assert self.client_address is not None
+        host, port = self.client_address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def create_token(self, localpart: str | None = None) -> tuple[UserId, str]:
+        """A new access token of `@localpart:<identifier>` (the user is created by its first
+        token; `IdError` unless the localpart follows the grammar for new users), or of the
+        server user when `localpart` is None. Returns (user ID, token)."""
+        user = self.server_user
+        if localpart is not None:
+            user = parse_localpart(localpart, self.identifier)
+        now = self.now_ms()
+        issued = await self.astore.write(lambda store: issue_token(store, user, now))
+        return issued.user_id, issued.access_token
 
     def peers(self) -> list[PeerInfo]:
         """Static and discovered peers (departed ones removed), with their channel's TLS state."""
@@ -193,6 +227,7 @@ class Node:
         )
         await self.astore.write(lambda store: store.peers.put(record))
         self.wake(identifier)
+        self.s2s.on_peer_verified(identifier)
 
     async def _add_peer_address(self, identifier: str, host: str, port: int, cbor: bool) -> None:
         await self.add_peer_address(identifier, host, port, cbor=cbor)
@@ -244,10 +279,50 @@ class Node:
         return room_id
 
     async def create_s2s_room(self, peer: str | None = None) -> RoomId:
-        """An s2s room of the configured room type, inviting `peer`'s server user."""
-        room_type = ROOM_TYPES[self.config.s2s.room_type]
-        invite = [server_user(peer)] if peer else []
-        return await self.create_room(room_type=room_type, invite=invite)
+        """The two-party s2s room with `peer` (DESIGN §4): the live one if it exists, else a
+        new one inviting `peer`'s server user. Without a peer, an s2s room of our own."""
+        if peer is None:
+            return await self.create_room(room_type=ROOM_TYPES[self.config.s2s.room_type])
+        return await self.s2s.create_room_with(peer)
+
+    async def s2s_room_with(self, peer: str) -> RoomId | None:
+        """The live s2s room shared with `peer` (joined, not tombstoned), if any."""
+        return await self.s2s.room_with(peer)
+
+    async def s2s_rooms(self) -> list[RoomId]:
+        """Every live s2s room this node is joined to."""
+        return await self.s2s.s2s_rooms()
+
+    async def propose_upgrade(
+        self,
+        room: str,
+        versions: Mapping[str, int] | None = None,
+        *,
+        wait: bool = True,
+        room_type: str | None = None,
+    ) -> UpgradeOutcome:
+        """Open an MSC3348 upgrade negotiation in an s2s room (our `upgrade.versions` unless
+        `versions` is given); with `wait`, return once it failed or the upgrade was done.
+        Raises `UpgradeError` if nothing could be proposed."""
+        return await self.s2s.propose_upgrade(room, versions, room_type=room_type, wait=wait)
+
+    async def propose_vendor_upgrade(
+        self, room: str, method: str, fields: Mapping[str, Any], *, wait: bool = True
+    ) -> UpgradeOutcome:
+        """Open a negotiation with a registered vendor method (`m.s2s.upgrade`)."""
+        return await self.s2s.propose_upgrade(room, vendor=(method, fields), wait=wait)
+
+    async def negotiations(self, room: str) -> list[NegotiationInfo]:
+        """The upgrade negotiations of an s2s room, oldest first."""
+        return await self.s2s.negotiations(room)
+
+    @property
+    def vendor_methods(self) -> VendorRegistry:
+        return self.s2s.vendor_methods
+
+    def register_vendor_method(self, method: VendorMethod) -> None:
+        """Let negotiations use a vendor upgrade method (`m.s2s.upgrade` with its name)."""
+        self.s2s.register_vendor_method(method)
 
     async def send_event(
         self,
@@ -324,6 +399,7 @@ class Node:
         the room's history from it and check everything through the receive pipeline."""
         user_id = user or self.server_user
         room_id = RoomId(room)
+        await self.modules.check_join(room_id, user_id, via)  # a module's veto raises
         _, answer = await self.client.request(
             via,
             "GET",
@@ -400,6 +476,28 @@ class Node:
                 len(told ^ ours),
             )
 
+    # -- policy rules (s2s_node.modules.policy; `PolicyDisabledError` if the module is off)
+
+    def _policy(self) -> PolicyModule:
+        policy = self.modules.find(PolicyModule)
+        if policy is None:
+            raise PolicyDisabledError("the policy module is off ([policy] enabled = false)")
+        return policy
+
+    async def publish_rule(
+        self, peer: str, rule_type: str, content: Mapping[str, Any], *, state_key: str | None = None
+    ) -> EventId:
+        """Ask `peer` to drop what the rule matches: state in the s2s room shared with it."""
+        return await self._policy().publish_rule(peer, rule_type, content, state_key=state_key)
+
+    async def remove_rule(self, peer: str, rule_type: str, state_key: str) -> EventId:
+        """Remove one of our rules (empty content, as MSC2313 does)."""
+        return await self._policy().remove_rule(peer, rule_type, state_key)
+
+    def rules(self, peer: str | None = None) -> list[RuleInfo]:
+        """Rules in force with `peer` (or every peer): "ours" and "theirs"."""
+        return self._policy().rules(peer)
+
     async def leave(self, room: str, *, user: str | None = None) -> Pdu:
         """Leave a room; an invite to a room this node is not in is declined through the
         inviting server (make_leave, send_leave v2)."""
@@ -448,6 +546,7 @@ class Node:
                 event=pdu, invite_room_state=tuple(invite_room_state)
             )
         self.rooms.publish([pdu])
+        self.s2s.on_invite(pdu, invite_room_state)
 
     async def _room_pending(self, room_id: str) -> None:
         """A transaction for a room being joined waits until the join is done."""
@@ -503,6 +602,7 @@ async def open_node(
     JSON). `data_dir` overrides the config's. `peering` sets how fast peers are verified and
     probed.
     """
+    loaded = load_modules(config)  # ModuleLoadError before anything is opened
     path = resolve_data_dir(data_dir if data_dir is not None else config.data_dir)
     key, created = await trio.to_thread.run_sync(create_signing_key, path)
     if created:
@@ -536,6 +636,7 @@ async def open_node(
             fetcher=fetcher,
             peering=peering,
             clock=clock,
+            modules=loaded,
         )
         await node._load_peers()
         listen = config.federation.listen
@@ -550,7 +651,15 @@ async def open_node(
             )
         )
         node.federation_address = (connectable_host(listen.host), bound_port(listeners))
+        # The client API (docs/design.md section 7); imported here: it imports the node's types.
+        from s2s_node.net.client_api import serve_client_api  # noqa: PLC0415
+
+        await astore.write(lambda store: ensure_server_token(store, path, key.identifier, clock()))
+        client_host, client_port = await nursery.start(serve_client_api, node)
+        node.client_address = (connectable_host(client_host), client_port)
         await nursery.start(node.outbound.run)
+        await nursery.start(node.modules.run)
+        await nursery.start(node.s2s.run)
         nursery.start_soon(node._prune_received_transactions)
         for peer in config.peers:
             nursery.start_soon(node.peering.run_static, peer.host, peer.port)

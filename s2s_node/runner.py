@@ -5,8 +5,6 @@ Owns: logging to stderr, running `open_node` under trio with the signals caught,
 listeners are bound, through a temporary file renamed into place, removed on a clean exit). Must
 not: print to stdout (cli does) or decide anything about the node.
 
-`client_url` is null: the client-API listener is not built yet (DESIGN.md section 10).
-
 Design: DESIGN.md section 11 (`run`, node.json, exit within 10 s of SIGTERM).
 """
 
@@ -37,7 +35,7 @@ def build_node_info(node: Node) -> dict[str, object]:
     return {
         "pid": os.getpid(),
         "identifier": node.identifier,
-        "client_url": None,
+        "client_url": node.client_url,
         "federation_url": node.federation_url,
     }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trio
 
-from s2s_node.config import Config, DiscoveryConfig, FederationConfig, HostPort
+from s2s_node.config import ClientConfig, Config, DiscoveryConfig, FederationConfig, HostPort
 from s2s_node.core.events import Pdu
 from s2s_node.net.outbound import BackoffPolicy
 from s2s_node.net.server import HttpLimits
@@ -28,6 +28,7 @@ def node_config(peers: Sequence[HostPort] = (), port: int = 0) -> Config:
         peers=tuple(peers),
         federation=FederationConfig(listen=HostPort(host="127.0.0.1", port=port), tls=False),
         discovery=DiscoveryConfig(enabled=False),
+        client=ClientConfig(listen=HostPort(host="127.0.0.1", port=0)),
     )
 
 

@@ -16,6 +16,7 @@ RUN = [sys.executable, "-m", "s2s_node.cli", "run"]
 SETTINGS = [
     *("--set", "federation.listen=127.0.0.1:0", "--set", "discovery.enabled=false"),
     *("--set", "federation.tls=false"),  # plain, so that the test can read /version simply
+    *("--set", "client.listen=127.0.0.1:0"),
 ]
 START_DEADLINE_S = 20.0
 
@@ -44,7 +45,8 @@ def test_run_writes_node_json_answers_version_and_stops_on_sigterm(tmp_path: Pat
     try:
         info = wait_for_node_file(data_dir, process)
         assert info["pid"] == process.pid
-        assert info["client_url"] is None
+        assert str(info["client_url"]).startswith("http://127.0.0.1:")
+        assert not str(info["client_url"]).endswith(":0")
         url = str(info["federation_url"])
         assert url.startswith("http://127.0.0.1:")
         port = int(url.rsplit(":", 1)[1])

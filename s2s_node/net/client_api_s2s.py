@@ -147,7 +147,7 @@ class S2SEndpoints:
     async def negotiations(self, request: Request, requester: Requester) -> Response:
         room_id = request.path_params["roomId"]
         await self.rooms.require_joined(room_id, requester.user_id)
-        infos = await _call(self.node, "negotiations", room_id)
+        infos = await self.node.negotiations(room_id)
         return build_response({"negotiations": [as_json(i) for i in infos]})
 
     async def propose(self, request: Request, requester: Requester) -> Response:
@@ -158,7 +158,7 @@ class S2SEndpoints:
         wait = body.get("wait", True)
         if not isinstance(wait, bool):
             raise HttpError(400, M_BAD_JSON, "wait must be true or false")
-        outcome = await _call(self.node, "propose_upgrade", room_id, versions, wait=wait)
+        outcome = await self.node.propose_upgrade(room_id, versions, wait=wait)
         return build_response(as_json(outcome))
 
     async def upgrade(self, request: Request, requester: Requester) -> Response:
@@ -174,7 +174,7 @@ class S2SEndpoints:
                 "this node upgrades s2s rooms only (by MSC3348 negotiation)",
             )
         _require_server_user(requester, "upgrade an s2s room")
-        outcome = await _call(self.node, "propose_upgrade", room_id, {new_version: 100}, wait=True)
+        outcome = await self.node.propose_upgrade(room_id, {new_version: 100}, wait=True)
         answer = as_json(outcome)
         if answer.get("status") != "upgraded" or not answer.get("new_room_id"):
             raise HttpError(
@@ -272,15 +272,6 @@ class S2SEndpoints:
             ("POST", f"{V3}/rooms/{{roomId}}/upgrade", self.upgrade),
         ]
         return [Route(method=m, pattern=p, handler=endpoint(self.ctx, h)) for m, p, h in table]
-
-
-async def _call(node: Any, name: str, *args: Any, **kwargs: Any) -> Any:
-    """A node method another agent is adding (the negotiation driver): 400 M_UNRECOGNIZED
-    until it exists."""
-    method = getattr(node, name, None)
-    if method is None:
-        raise HttpError(400, M_UNRECOGNIZED, f"{name} is not available in this build")
-    return await method(*args, **kwargs)
 
 
 __all__ = ["S2S", "S2SEndpoints"]
