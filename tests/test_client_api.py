@@ -321,3 +321,22 @@ def test_messages_tokens() -> None:
     for bad in ("12", "mx", "m" + "9" * 30, ""):
         with pytest.raises(ValueError):
             parse_messages_token(bad)
+
+
+def test_init_writes_the_token_once(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from s2s_node.store import Store
+
+    data_dir = tmp_path / "n"
+    init = [sys.executable, "-m", "s2s_node.cli", "init", "--data-dir", str(data_dir)]
+    subprocess.run(init, check=True, capture_output=True, timeout=30)
+    path = data_dir / "access_token"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = path.read_text().strip()
+    subprocess.run(init, check=True, capture_output=True, timeout=30)
+    assert path.read_text().strip() == token  # never overwritten
+    with Store.open(data_dir) as store:
+        owner = store.accounts.owner_of(token)
+    assert owner is not None and owner.user_id.startswith("@:")
