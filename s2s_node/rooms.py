@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -137,6 +137,10 @@ class NodeRooms:
         self._on_enqueued = on_enqueued
         self._graphs: dict[RoomId, RoomGraph] = {}  # writer-thread graphs
         self._subscriptions: list[Subscription] = []
+        # Module hooks (s2s_node.modules.host): a veto before a local event is built (`send`,
+        # `build`), and the accepted remote events local subscribers may see (`ingest`).
+        self.before_local: Callable[[str, LocalEvent], Awaitable[None]] | None = None
+        self.filter_remote: Callable[[list[Pdu]], Awaitable[list[Pdu]]] | None = None
 
     # -- subscribers
 
@@ -238,6 +242,8 @@ class NodeRooms:
                 return results, accepted
 
             results, accepted = await self.astore.write(run)
+            if self.filter_remote is not None and accepted:
+                accepted = await self.filter_remote(accepted)
             carried = []
             for i, verdict in zip(chunk, results, strict=True):
                 verdicts[i] = verdict
@@ -257,8 +263,17 @@ class NodeRooms:
         join_rule: str = "invite",
         power_users: Mapping[str, int] | None = None,
         extra_state: Sequence[LocalEvent] = (),
+        create_content: Mapping[str, Any] | None = None,
+        power_content: Mapping[str, Any] | None = None,
+        join_allow: Sequence[Mapping[str, Any]] = (),
     ) -> RoomId:
-        """Create a room: create event, the creator's join, power levels, join rules.
+        """Create a room: create event, the creator's join, power levels, join rules, then
+        `extra_state`, all in one store write.
+
+        `create_content` adds keys to the create event's content (`additional_creators`,
+        `predecessor`); `power_content` is the base of the power levels content (its `users`
+        are merged with the creator's and `power_users`); `join_allow` is the join rule's
+        `allow` list (a `restricted` room).
 
         The creator's join is checked before anything is stored, so a server user asked for a
         room that is not an s2s room is refused (`AuthError` S2S_SERVER_USER_OUTSIDE_S2S_ROOM)
@@ -266,7 +281,7 @@ class NodeRooms:
         """
         rules = rules_for(room_version)
         now = self._now_ms()
-        content: dict[str, Any] = {"room_version": rules.version}
+        content: dict[str, Any] = {**(create_content or {}), "room_version": rules.version}
         if rules.creator_in_content:
             content["creator"] = creator
         if room_type is not None:
@@ -306,7 +321,11 @@ class NodeRooms:
             signing_key=self.key,
         )
         check_auth(probe, {("m.room.create", ""): create})
+        base_power = dict(power_content or {})
         users: dict[str, int] = {} if rules.creators_have_infinite_power else {creator: 100}
+        base_users = base_power.pop("users", None)
+        if isinstance(base_users, Mapping):
+            users.update(base_users)
         users.update(power_users or {})
         steps = [
             LocalEvent(
@@ -317,13 +336,16 @@ class NodeRooms:
             ),
             LocalEvent(
                 event_type="m.room.power_levels",
-                content={"users": users},
+                content={**base_power, "users": users},
                 sender=creator,
                 state_key="",
             ),
             LocalEvent(
                 event_type="m.room.join_rules",
-                content={"join_rule": join_rule},
+                content={
+                    "join_rule": join_rule,
+                    **({"allow": list(join_allow)} if join_allow else {}),
+                },
                 sender=creator,
                 state_key="",
             ),
@@ -347,6 +369,8 @@ class NodeRooms:
         every other server in the room (and `also_to`). Raises `AuthError` (nothing stored)
         if the current state does not allow it."""
         extra = tuple(also_to)
+        if self.before_local is not None:
+            await self.before_local(room_id, event)  # a module's veto raises; nothing is built
 
         def run(store: Store) -> tuple[Pdu, set[str]]:
             return self._add_local(store, self._graph(store, RoomId(room_id)), event, extra)
@@ -373,6 +397,8 @@ class NodeRooms:
     async def build(self, room_id: str, event: LocalEvent) -> Pdu:
         """A signed local event on the current extremities, checked against the current state
         but not stored (an invite waits for the invitee's signature first)."""
+        if self.before_local is not None:
+            await self.before_local(room_id, event)  # a module's veto raises; nothing is built
 
         def run(store: Store) -> Pdu:
             graph = self._graph(store, RoomId(room_id))

@@ -120,7 +120,11 @@ class ModuleContext(Protocol):
         ...
 
     async def s2s_rooms(self) -> list[RoomId]:
-        """The s2s rooms this node is in."""
+        """The live s2s rooms this node is in (joined, not replaced by an upgrade)."""
+        ...
+
+    async def s2s_room_with(self, peer: str) -> RoomId | None:
+        """The live s2s room shared with `peer`, if any."""
         ...
 
     async def is_s2s_room(self, room: str) -> bool:

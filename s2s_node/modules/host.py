@@ -306,11 +306,10 @@ class ModuleUser:
         return await self._node.room_state(room)
 
     async def s2s_rooms(self) -> list[RoomId]:
-        rooms = []
-        for room_id in await self._node.room_ids():
-            if await self._node.rooms.read(room_id, is_room_s2s):
-                rooms.append(room_id)
-        return rooms
+        return await self._node.s2s_rooms()
+
+    async def s2s_room_with(self, peer: str) -> RoomId | None:
+        return await self._node.s2s_room_with(peer)
 
     async def run_sync(self, fn: Callable[..., _T], *args: Any) -> _T:
         return await trio.to_thread.run_sync(functools.partial(fn, *args), abandon_on_cancel=True)

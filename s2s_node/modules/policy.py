@@ -252,12 +252,19 @@ class PolicyModule(Module):
 
     # -- publishing and listing (exposed as node.publish_rule / remove_rule / rules)
 
-    def room_with(self, peer: str) -> RoomId:
-        """The live s2s room shared with `peer` (the first by room ID if there are several)."""
+    def room_with(self, peer: str) -> RoomId | None:
+        """The live s2s room shared with `peer` as the index knows it (the first by room ID if
+        there are several)."""
         rooms = self._shared_rooms(peer)
-        if not rooms:
+        return rooms[0].room_id if rooms else None
+
+    async def _room_for(self, peer: str) -> RoomId:
+        room_id = await self.context.s2s_room_with(peer)
+        if room_id is None:
             raise NoS2SRoomError(f"no live s2s room shared with {peer[:60]}")
-        return rooms[0].room_id
+        if room_id not in self._rooms:
+            await self.refresh(room_id)
+        return room_id
 
     async def publish_rule(
         self,
@@ -272,7 +279,7 @@ class PolicyModule(Module):
         `RuleError` if the content is not a usable rule; `NoS2SRoomError`; `RuleConflictError`
         if the state key holds the peer's rule.
         """
-        room_id = self.room_with(peer)
+        room_id = await self._room_for(peer)
         key = state_key if state_key is not None else compute_state_key(rule_type, content)
         parse_rule(rule_type, key, room_id, content)  # RuleError: refuse unusable rules
         return await self._put(room_id, rule_type, key, content)
@@ -281,7 +288,7 @@ class PolicyModule(Module):
         """Remove one of our rules: the same state key with empty content (MSC2313)."""
         if rule_type not in RULE_TYPES:
             raise RuleError(RuleReason.NOT_A_RULE_TYPE, f"{rule_type} is not a rule type")
-        return await self._put(self.room_with(peer), rule_type, state_key, {})
+        return await self._put(await self._room_for(peer), rule_type, state_key, {})
 
     async def _put(
         self, room_id: RoomId, rule_type: str, state_key: str, content: Mapping[str, Any]

@@ -19,7 +19,14 @@ from typing import Any
 from s2s_node.core.auth import AuthError, AuthRule, is_s2s_room
 from s2s_node.core.canonical import JsonDict, JsonValue
 from s2s_node.core.events import EventFormatError, Pdu, build_event, parse_pdu
-from s2s_node.core.ids import EventId, RoomId, is_server_user, server_of
+from s2s_node.core.ids import (
+    EventId,
+    RoomId,
+    ServerName,
+    is_server_user,
+    server_of,
+    server_user,
+)
 from s2s_node.core.ingest import Outcome
 from s2s_node.core.keys import SigningKey
 from s2s_node.core.room import RoomGraph
@@ -36,7 +43,11 @@ from s2s_node.rooms import (
 )
 
 M_INCOMPATIBLE_ROOM_VERSION = "M_INCOMPATIBLE_ROOM_VERSION"
+M_UNABLE_TO_AUTHORISE_JOIN = "M_UNABLE_TO_AUTHORISE_JOIN"
+M_UNABLE_TO_GRANT_JOIN = "M_UNABLE_TO_GRANT_JOIN"
 _MEMBER = "m.room.member"
+_AUTHORISER = "join_authorised_via_users_server"
+_RESTRICTED_RULES = ("restricted", "knock_restricted")
 # Template keys a joining server keeps (everything else it computes or replaces).
 _TEMPLATE_KEYS = ("type", "room_id", "sender", "state_key", "content", "prev_events",
                   "auth_events", "depth")  # fmt: skip
@@ -108,9 +119,10 @@ def _check_membership_event(
     membership: str,
     *,
     sender_is_target: bool,
+    signers: list[ServerName] | None = None,
 ) -> Pdu:
     """Digest 8.5/8.6: 400 M_INVALID_PARAM unless the event is the expected, signed member
-    event of the origin's user."""
+    event of the origin's user (`signers`: whose signatures to check; default all required)."""
     try:
         pdu = parse_pdu(obj, rules, expected_room_id=room_id)
     except EventFormatError as exc:
@@ -124,7 +136,7 @@ def _check_membership_event(
     if sender_is_target and pdu.state_key != pdu.sender:
         raise HttpError(400, M_INVALID_PARAM, "state_key is not the sender")
     try:
-        check_event(pdu.json, rules, derived_keys)
+        check_event(pdu.json, rules, derived_keys, signers=signers)
     except SignatureError as exc:
         raise HttpError(400, M_INVALID_PARAM, f"bad signature: {exc}") from None
     return pdu
@@ -136,6 +148,8 @@ class MembershipApi:
     def __init__(self, api: FederationApi, *, on_invite: OnInvite) -> None:
         self.api = api
         self.on_invite = on_invite
+        # Modules (s2s_node.modules.host): may refuse an invite, raising HttpError 403.
+        self.check_invite: Callable[[Pdu], Awaitable[None]] | None = None
 
     # -- make_join / make_leave
 
@@ -153,6 +167,11 @@ class MembershipApi:
         if server_of(user_id) != origin:
             raise HttpError(403, M_FORBIDDEN, f"{user_id[:100]} is not a user of {origin[:60]}")
         versions = request.query_values("ver") or ["1"]
+        content: JsonDict = {"membership": membership}
+        if membership == "join":
+            authoriser = await self._restricted_authoriser(room_id, user_id)
+            if authoriser is not None:
+                content[_AUTHORISER] = authoriser
 
         def run(graph: RoomGraph) -> JsonDict:
             if membership == "join" and graph.rules.version not in versions:
@@ -164,7 +183,7 @@ class MembershipApi:
                 )
             pdu = graph.build_event(
                 event_type=_MEMBER,
-                content={"membership": membership},
+                content=content,
                 sender=user_id,
                 state_key=user_id,
                 now_ms=api.now_ms(),
@@ -194,9 +213,19 @@ class MembershipApi:
         rules = await api.rooms.room_rules(room_id)
         if rules is None:
             raise HttpError(404, M_NOT_FOUND, f"unknown room {room_id[:100]}")
+        authoriser = _authoriser_of(auth.content) if membership == "join" else None
+        ours = authoriser is not None and server_of(authoriser) == api.identifier
         pdu = _check_membership_event(
-            auth.content, rules, room_id, event_id, auth.origin, membership, sender_is_target=True
-        )
+            auth.content, rules, room_id, event_id, auth.origin, membership,
+            sender_is_target=True, signers=[ServerName(auth.origin)] if ours else None,
+        )  # fmt: skip
+        if ours:
+            # Digest 7.2: the resident checks the allow conditions again and adds its own
+            # signature before persisting or forwarding the join (raises if none holds; a
+            # user invited meanwhile needs no condition, and the signature does no harm).
+            await self._restricted_authoriser(room_id, pdu.sender)
+            signed = sign_json(pdu.json, api.identifier, api.key)
+            pdu = parse_pdu(signed, rules, event_id=pdu.event_id, check_values=False)
         (verdict,) = await api.rooms.ingest(RoomId(room_id), [pdu.json])
         if verdict.outcome is not Outcome.ACCEPTED:
             raise HttpError(
@@ -227,6 +256,47 @@ class MembershipApi:
             # The resident passes the event on to the rest of the room (digest 8.5).
             await api.rooms.enqueue(servers - {auth.origin}, [stored_id])
         return build_negotiated_response(request, answer)
+
+    # -- restricted joins
+
+    async def _restricted_authoriser(self, room_id: str, user_id: str) -> str | None:
+        """Digest 7.2: for a join into a `restricted` room by a user who is neither invited nor
+        joined, our user who authorises it (the server user, if joined), after checking that
+        the user is joined to one of the rooms the join rule allows. None when the room is not
+        restricted or the user needs no authorisation. Raises 400
+        M_UNABLE_TO_AUTHORISE_JOIN (no allowed room is known here), 400 M_UNABLE_TO_GRANT_JOIN
+        (we have no joined user to sign), 403 M_FORBIDDEN (no condition holds)."""
+        api = self.api
+        ours = server_user(api.identifier)
+
+        def probe(graph: RoomGraph) -> tuple[JsonDict, str | None, str | None]:
+            state = graph.current_state()
+            rule_id = state.get(("m.room.join_rules", ""))
+            rule = dict(graph.get_event(rule_id).content) if rule_id is not None else {}
+            user_id_ = state.get((_MEMBER, user_id))
+            ours_id = state.get((_MEMBER, ours))
+            member = graph.get_event(user_id_).membership if user_id_ is not None else None
+            authoriser = graph.get_event(ours_id).membership if ours_id is not None else None
+            return rule, member, authoriser
+
+        rule, membership, our_membership = await api.read_room(room_id, probe)
+        if rule.get("join_rule") not in _RESTRICTED_RULES or membership in ("invite", "join"):
+            return None
+        allowed = _allowed_rooms(rule.get("allow"))
+        known = False
+        for allowed_room in allowed:
+            if await api.rooms.room_rules(allowed_room) is None:
+                continue
+            known = True
+            if await api.rooms.read(allowed_room, lambda g: _membership_in(g, user_id)) == "join":
+                if our_membership != "join":
+                    raise HttpError(400, M_UNABLE_TO_GRANT_JOIN, "no user here can authorise")
+                return ours
+        if not known:
+            raise HttpError(
+                400, M_UNABLE_TO_AUTHORISE_JOIN, "none of the allowed rooms is known here"
+            )
+        raise HttpError(403, M_FORBIDDEN, f"{user_id[:100]} is in none of the allowed rooms")
 
     # -- invite
 
@@ -260,10 +330,36 @@ class MembershipApi:
                 " an s2s room",
                 pdu.event_id,
             )
+        if self.check_invite is not None:
+            await self.check_invite(pdu)  # DESIGN.md section 6: a rule we published -> 403
         signed = sign_json(pdu.json, api.identifier, api.key)
         invited = parse_pdu(signed, rules, event_id=pdu.event_id, check_values=False)
         await self.on_invite(invited, list(stripped))
         return build_negotiated_response(request, {"event": signed})
+
+
+def _authoriser_of(obj: object) -> str | None:
+    content = obj.get("content") if isinstance(obj, dict) else None
+    value = content.get(_AUTHORISER) if isinstance(content, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _allowed_rooms(allow: object) -> list[str]:
+    """The room IDs of the well-formed `m.room_membership` entries (others are ignored)."""
+    if not isinstance(allow, list):
+        return []
+    return [
+        entry["room_id"]
+        for entry in allow
+        if isinstance(entry, dict)
+        and entry.get("type") == "m.room_membership"
+        and isinstance(entry.get("room_id"), str)
+    ]
+
+
+def _membership_in(graph: RoomGraph, user_id: str) -> str | None:
+    event_id = graph.current_state().get((_MEMBER, user_id))
+    return None if event_id is None else graph.get_event(event_id).membership
 
 
 def _find_create_event(stripped: list[Any], rules: RoomVersionRules, room_id: str) -> Pdu:
@@ -285,6 +381,8 @@ def _find_create_event(stripped: list[Any], rules: RoomVersionRules, room_id: st
 
 __all__ = [
     "M_INCOMPATIBLE_ROOM_VERSION",
+    "M_UNABLE_TO_AUTHORISE_JOIN",
+    "M_UNABLE_TO_GRANT_JOIN",
     "LocalEvent",
     "MembershipApi",
     "TemplateError",
