@@ -200,6 +200,9 @@ async def test_user_and_server_rules_refuse_messages_into_rooms_the_peer_is_in(
                 await blue.send_event(room, "m.room.message", {"body": "again"}, sender=john)
             assert refused.value.rule.rule_type == USER_RULE
             assert refused.value.rule.state_key == "john"
+            # A join through purple is refused before the handshake.
+            with pytest.raises(PolicyRefusal):
+                await blue.join(room, via=purple.identifier, user=john)
             # A room purple is not in is not purple's business.
             alone = await blue.create_room(creator=john)
             await blue.send_event(alone, "m.room.message", {"body": "alone"}, sender=john)

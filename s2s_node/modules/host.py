@@ -202,9 +202,14 @@ class ModuleHost:
 
     # -- hooks the node calls
 
+    @property
+    def _active(self) -> bool:
+        """Started, with at least one module not disabled (else every hook is a no-op)."""
+        return self._started and any(not r.disabled for r in self._running)
+
     async def check_local(self, room_id: str, event: LocalEvent) -> None:
         """Before a local event is built: each module may veto it (`ModuleVeto` propagates)."""
-        if not self._started:
+        if not self._active:
             return
 
         def run(graph: RoomGraph) -> tuple[set[str], bool]:
@@ -230,7 +235,7 @@ class ModuleHost:
 
     async def check_join(self, room_id: str, user: str, via: str) -> None:
         """Before a join handshake through `via` (the room's servers are not known yet)."""
-        if not self._started:
+        if not self._active:
             return
         outgoing = OutgoingEvent(
             room_id=RoomId(room_id),
@@ -262,7 +267,7 @@ class ModuleHost:
     async def filter_remote(self, accepted: list[Pdu]) -> list[Pdu]:
         """Accepted events minus the remote ones a module refuses: those stay in the DAG as
         accepted (docs/design.md section 10) but no local subscriber sees them."""
-        if not self._started:
+        if not self._active:
             return accepted
         kept = []
         for pdu in accepted:
@@ -277,7 +282,7 @@ class ModuleHost:
 
     async def check_invite(self, pdu: Pdu) -> None:
         """An invite received over `/invite`: a veto is 403 M_FORBIDDEN (with the veto's keys)."""
-        if not self._started:
+        if not self._active:
             return
         veto = await self._check_incoming(pdu)
         if veto is not None:
