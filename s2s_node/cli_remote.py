@@ -36,6 +36,9 @@ from s2s_node.cli_base import (
 from s2s_node.remote import ClientApi, ClientApiError, find_running_node
 
 TOKEN_ENV = "S2S_NODE_ACCESS_TOKEN"
+# The room type of an s2s room made with `--version`/`--name` (through createRoom); without
+# them the node picks its configured type (`s2s.room_type`).
+S2S_ROOM_TYPE = "support.feline.s2s"
 DROP_RULE = "m.s2s.drop"
 USER_RULE = "m.policy.rule.user"
 SERVER_RULE = "m.policy.rule.server"
@@ -122,7 +125,9 @@ def add_commands(commands: Any) -> dict[str, Handler]:
             "Create a room. --s2s makes an s2s room (room type support.feline.s2s or m.s2s, as"
             " the node is configured) created by the node's server user; --peer ID invites that"
             " peer's server user (and implies --s2s); the node keeps at most one live s2s room"
-            " per peer, so asking again gives the same room. Without --s2s the room is an"
+            " per peer, so asking again gives the same room. With --version or --name the s2s"
+            " room is made through createRoom instead: always a new room, of type"
+            " support.feline.s2s. Without --s2s the room is an"
             " ordinary room created by the token's user (the server user creates only s2s rooms:"
             " use a token from `s2s-node token create`). Prints the room ID; --json prints"
             ' {"room_id": ...}.'
@@ -395,10 +400,15 @@ def cmd_room(args: argparse.Namespace) -> int:
     if args.room_command != "create":
         raise UsageError("room needs a subcommand: create (see s2s-node room --help)")
     api = connect(args)
-    if args.s2s or args.peer:
-        room_id = api.create_s2s_room(args.peer, room_version=args.version, name=args.name)
+    s2s = bool(args.s2s or args.peer)
+    if s2s and not (args.version or args.name):
+        # The node's own path: its configured room type, one live room per peer.
+        room_id = api.create_s2s_room(args.peer)
     else:
         body: dict[str, Any] = {}
+        if s2s:
+            body["creation_content"] = {"type": S2S_ROOM_TYPE}
+            body["invite"] = [f"@:{args.peer}"] if args.peer else []
         if args.version:
             body["room_version"] = args.version
         if args.name:
@@ -592,36 +602,45 @@ def cmd_dag(args: argparse.Namespace) -> int:
 
 
 def build_dag_nodes_from_answer(answer: Mapping[str, Any]) -> list[Any]:
-    """`DagNode`s from the node's DAG answer: `{"events": [{"event_id", "type", "state_key",
-    "sender", "origin_server_ts", "depth", "prev_events", "auth_events", "status",
-    "extremity"}, ...]}`; a malformed entry is bad input from the node (exit 2)."""
-    from s2s_node.core.room import EventStatus  # noqa: PLC0415
-    from s2s_node.dagview import DagNode  # noqa: PLC0415
+    """`DagNode`s from the node's DAG answer (`GET .../rooms/{room}/dag`): `{"room_version",
+    "events": [federation PDUs], "statuses": {event_id: status}, "forward_extremities"}`.
 
-    events = answer.get("events")
-    if not isinstance(events, list):
-        raise UsageError("the node's DAG answer has no events list")
-    nodes: list[Any] = []
-    for item in events:
-        try:
-            state_key = item.get("state_key")
-            nodes.append(
-                DagNode(
-                    event_id=str(item["event_id"]),
-                    type=str(item["type"]),
-                    state_key=None if state_key is None else str(state_key),
-                    sender=str(item["sender"]),
-                    origin_server_ts=int(item["origin_server_ts"]),
-                    depth=int(item["depth"]),
-                    prev_events=tuple(str(e) for e in item.get("prev_events", ())),
-                    auth_events=tuple(str(e) for e in item.get("auth_events", ())),
-                    status=EventStatus(item.get("status", "accepted")),
-                    is_extremity=bool(item.get("extremity", False)),
-                )
+    The events are parsed with the room version's rules (their IDs recomputed and compared with
+    the answer's); a malformed answer is bad input from the node (exit 2).
+    """
+    from s2s_node.core.events import EventFormatError, parse_pdu  # noqa: PLC0415
+    from s2s_node.core.room import EventStatus  # noqa: PLC0415
+    from s2s_node.core.rules import UnsupportedRoomVersionError, rules_for  # noqa: PLC0415
+    from s2s_node.dagview import build_dag_nodes  # noqa: PLC0415
+
+    events, raw_statuses = answer.get("events"), answer.get("statuses", {})
+    extremities = answer.get("forward_extremities", [])
+    if not (
+        isinstance(events, list)
+        and isinstance(raw_statuses, dict)
+        and isinstance(extremities, list)
+    ):
+        raise UsageError("the node's DAG answer lacks events, statuses or forward_extremities")
+    try:
+        rules = rules_for(str(answer.get("room_version")))
+        pdus = []
+        for event in events:
+            # The node adds each event's ID for convenience; room versions 10-12 compute it.
+            claimed = event.get("event_id")
+            pdu = parse_pdu(
+                {k: v for k, v in event.items() if k != "event_id"}, rules, check_counts=False
             )
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise UsageError(f"the node's DAG answer has a malformed event: {exc}") from None
-    return nodes
+            if claimed is not None and claimed != pdu.event_id:
+                raise ValueError(f"{claimed!r:.60} is not the ID of its event")
+            pdus.append(pdu)
+        statuses = {
+            str(event_id): EventStatus(status)
+            for event_id, status in raw_statuses.items()
+            if status is not None
+        }
+    except (UnsupportedRoomVersionError, EventFormatError, ValueError, AttributeError) as exc:
+        raise UsageError(f"the node's DAG answer has a malformed event: {exc}") from None
+    return build_dag_nodes(pdus, statuses, {str(e) for e in extremities})
 
 
 # ----------------------------------------------------------------------------------- errors

@@ -248,19 +248,12 @@ class ClientApi:
     def s2s_rooms(self) -> list[dict[str, Any]]:
         answer = self.request("GET", f"{S2S}/s2s_rooms")
         if isinstance(answer, dict):
-            answer = answer.get("rooms", answer.get("s2s_rooms", []))
+            answer = answer.get("rooms", [])
         return [r if isinstance(r, dict) else {"room_id": r} for r in _list(answer)]
 
-    def create_s2s_room(
-        self, peer: str | None, *, room_version: str | None = None, name: str | None = None
-    ) -> str:
-        body: dict[str, str] = {}
-        if peer:
-            body["peer"] = peer
-        if room_version:
-            body["room_version"] = room_version
-        if name:
-            body["name"] = name
+    def create_s2s_room(self, peer: str | None) -> str:
+        """The node's s2s room with `peer` (the existing live one, or a new one)."""
+        body = {"peer": peer} if peer else {}
         return str(_object(self.request("POST", f"{S2S}/s2s_rooms", body=body))["room_id"])
 
     def negotiations(self, room: str) -> list[dict[str, Any]]:
@@ -298,11 +291,12 @@ class ClientApi:
         return _object(self.request("POST", f"{S2S}/rules/remove", body=body))
 
     def create_token(self, localpart: str | None) -> dict[str, Any]:
-        body = {"localpart": localpart} if localpart else {}
+        body = {"user": localpart} if localpart else {}
         return _object(self.request("POST", f"{S2S}/tokens", body=body))
 
     def dag(self, room: str) -> dict[str, Any]:
-        """The room's events in federation format with their receipt status and extremities."""
+        """`{"room_id", "room_version", "events": [federation PDUs], "statuses": {event_id:
+        status}, "forward_extremities"}`."""
         return _object(self.request("GET", build_path(f"{S2S}/rooms/{{}}/dag", room)))
 
 
