@@ -17,8 +17,9 @@ Endpoints (bodies are JSON objects):
   `{"peer", "type", "state_key"}` -> `{"event_id"}` (server user only)
 - `POST tokens {"user": LOCALPART}` (also `"localpart"`; absent or empty: the server user)
   -> `{"user_id", "access_token", "device_id"}` (server user only)
-- `GET rooms/{roomId}/dag` -> `{"room_id", "room_version", "events": [PDU...], "statuses":
-  {event_id: "accepted"|"soft_failed"|"rejected"}, "forward_extremities"}` (joined members)
+- `GET rooms/{roomId}/dag` -> `{"room_id", "room_version", "events": [PDU + "event_id",
+  "status" ("accepted"|"soft_failed"|"rejected"), "extremity"], "statuses": {event_id:
+  status}, "forward_extremities"}` (joined members and the server user)
 
 Spec: MSC3348 (the negotiation), client-server API "Room upgrades" (`replacement_room`).
 """
@@ -237,16 +238,24 @@ class S2SEndpoints:
                 return None
             graph = RoomGraph(room.rules, room.room_id, room)
             events, statuses = [], {}
+            extremities = graph.forward_extremities
             for event_id in room.event_ids():
-                events.append({**graph.get_event(event_id).json, "event_id": event_id})
                 status = graph.status(event_id)
                 statuses[event_id] = None if status is None else status.value
+                events.append(
+                    {
+                        **graph.get_event(event_id).json,
+                        "event_id": event_id,
+                        "status": statuses[event_id],
+                        "extremity": event_id in extremities,
+                    }
+                )
             return {
                 "room_id": room_id,
                 "room_version": room.rules.version,
                 "events": events,
                 "statuses": statuses,
-                "forward_extremities": sorted(graph.forward_extremities),
+                "forward_extremities": sorted(extremities),
             }
 
         answer = await self.node.astore.read(run)
