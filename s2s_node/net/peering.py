@@ -55,7 +55,9 @@ AddAddress = Callable[[str, str, int, bool], Awaitable[None]]
 class PeeringTiming:
     """How often static peers are retried and probed; discovery's own timing."""
 
-    static_retry_s: float = 1.0  # first retry of an unverified static peer, doubling ...
+    # First retry of an unverified static peer, doubling ...: short, because peers started
+    # together (a test, a LAN booting) usually answer within a second or two.
+    static_retry_s: float = 0.25
     static_retry_max_s: float = 30.0  # ... up to this
     static_probe_interval_s: float = 5.0
     static_timeout_s: float = 5.0  # one verification or probe of a static peer
