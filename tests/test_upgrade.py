@@ -431,9 +431,8 @@ async def _state_is(node: Node, room: str, state: str) -> bool:
 
 
 async def _upgraded(node: Node, room: str, opening: str) -> bool:
-    infos = {i.negotiation_id: i for i in await node.negotiations(room)}
-    info = infos.get(opening)
-    return info is not None and info.new_room_id is not None
+    infos = await node.negotiations(room)
+    return any(i.negotiation_id == opening and i.new_room_id is not None for i in infos)
 
 
 async def test_unstable_room_migrates_to_stable(tmp_path: Path) -> None:

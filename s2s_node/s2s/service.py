@@ -31,7 +31,7 @@ from s2s_node.core.upgrade_choice import UpgradeMode
 from s2s_node.rooms import LocalEvent, SubscriptionLagError, UnknownRoomError
 from s2s_node.s2s.driver import DriverHooks, RoomDriver, is_negotiation_event
 from s2s_node.s2s.summary import TOMBSTONE, RoomSummary, Tombstone, read_summary
-from s2s_node.s2s.upgrade import follow_upgrade, perform_upgrade
+from s2s_node.s2s.upgrade import FollowError, follow_upgrade, perform_upgrade
 from s2s_node.s2s.values import (
     NegotiationInfo,
     UpgradeError,
@@ -49,6 +49,9 @@ ROOM_TYPES = {"unstable": "support.feline.s2s", "stable": "m.s2s"}
 # With `s2s.auto_open` on both sides, the node whose identifier sorts first opens the room at
 # once; the other waits this long and opens one only if none appeared (no duplicate rooms).
 AUTO_OPEN_DEFER_S = 5.0
+# An automatic join (an invite, a tombstone to follow) is tried after each of these delays
+# until one succeeds: a refusal is often a race with the inviter's own commit.
+JOIN_RETRY_DELAYS_S = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
 
 class S2sRooms:
@@ -183,9 +186,17 @@ class S2sRooms:
             return
         self._following.add(new)
         try:
-            await follow_upgrade(self.node, old, tombstone, agreement)
-        except Exception as exc:
-            logger.warning("%s: not following the tombstone to %s: %s", old, new, exc)
+            for delay in JOIN_RETRY_DELAYS_S:
+                await trio.sleep(delay)
+                try:
+                    await follow_upgrade(self.node, old, tombstone, agreement)
+                    return
+                except FollowError as exc:
+                    logger.warning("%s: not following the tombstone to %s: %s", old, new, exc)
+                    return
+                except Exception as exc:
+                    logger.info("%s: following the upgrade to %s failed: %s", old, new, exc)
+            logger.warning("%s: gave up following the upgrade to %s", old, new)
         finally:
             self._following.discard(new)
 
@@ -288,12 +299,18 @@ class S2sRooms:
             self._spawn(self._join_invited, pdu.room_id, inviter)
 
     async def _join_invited(self, room_id: RoomId, via: str) -> None:
-        if room_id in self.node._joining or await self.node.rooms.room_rules(room_id):
-            return  # the embedder is joining it already, or we are in
-        try:
-            await self.node.join(room_id, via=via)
-        except Exception as exc:
-            logger.warning("%s: auto-join via %s failed: %s", room_id, via, exc)
+        for delay in JOIN_RETRY_DELAYS_S:
+            # The inviter stores its invite only after our countersignature is back, so a
+            # join sent at once may find no invite there yet: wait, and retry a refusal.
+            await trio.sleep(delay)
+            if room_id in self.node._joining or await self.node.rooms.room_rules(room_id):
+                return  # the embedder is joining it already, or we are in
+            try:
+                await self.node.join(room_id, via=via)
+                return
+            except Exception as exc:
+                logger.info("%s: auto-join via %s failed: %s", room_id, via, exc)
+        logger.warning("%s: gave up joining via %s", room_id, via)
 
     async def _follow_invite(self, old: RoomId, invite: Pdu) -> None:
         """An invite into a successor: follow only an agreement the inviter initiated."""
@@ -377,6 +394,10 @@ class S2sRooms:
 
     async def outcome(self, room: str, negotiation_id: str) -> UpgradeOutcome:
         return (await self._live_driver(room)).outcome(EventId(negotiation_id))
+
+    async def wait_outcome(self, room: str, negotiation_id: str) -> UpgradeOutcome:
+        """Wait until a negotiation of `room` failed or its upgrade was done."""
+        return await (await self._live_driver(room)).wait_outcome(EventId(negotiation_id))
 
 
 def _load_room(store: Store, room_id: RoomId) -> tuple[RoomSummary, list[Pdu]]:
