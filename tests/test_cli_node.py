@@ -6,10 +6,12 @@ opened from the command line, events sent on one node read from the other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -201,10 +203,16 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
-@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
-def test_two_nodes_open_an_s2s_room_and_exchange_events(tmp_path: Path, tls: bool) -> None:
-    # Each node has the other as a static peer (as mDNS discovery would give on a LAN): a node
-    # joins an s2s room only when invited by a peer it verified.
+@contextlib.contextmanager
+def two_nodes(
+    tmp_path: Path,
+    *,
+    tls: bool = False,
+    settings_a: Sequence[str] = (),
+    settings_b: Sequence[str] = (),
+) -> Iterator[tuple[RunningNode, RunningNode]]:
+    """Nodes a and b, each the other's static peer (as mDNS discovery would give on a LAN): a
+    node joins an s2s room only when invited by a peer it verified."""
     port_a, port_b = free_ports(2)
 
     def settings(own: int, peer: int) -> list[str]:
@@ -215,9 +223,35 @@ def test_two_nodes_open_an_s2s_room_and_exchange_events(tmp_path: Path, tls: boo
         ]
 
     with (
-        running_node(tmp_path / "a", settings(port_a, port_b)) as a,
-        running_node(tmp_path / "b", settings(port_b, port_a)) as b,
+        running_node(tmp_path / "a", [*settings(port_a, port_b), *settings_a]) as a,
+        running_node(tmp_path / "b", [*settings(port_b, port_a), *settings_b]) as b,
     ):
+        yield a, b
+
+
+def is_verified(node: RunningNode, peer: RunningNode) -> bool:
+    peers = cli_json("peers", data_dir=node.data_dir)
+    return any(p["identifier"] == peer.identifier and p["verified"] for p in peers)
+
+
+def open_s2s_room(a: RunningNode, b: RunningNode) -> str:
+    """b opens the s2s room with a once both verified each other; returns once a joined it."""
+    eventually(lambda: is_verified(a, b) and is_verified(b, a), "the nodes to verify each other")
+    room_id = str(
+        cli_json("room", "create", "--s2s", "--peer", a.identifier, data_dir=b.data_dir)["room_id"]
+    )
+
+    def a_joined() -> bool:
+        rooms = cli_json("rooms", data_dir=a.data_dir)
+        return any(r["room_id"] == room_id and len(r["joined_members"]) == 2 for r in rooms)
+
+    eventually(a_joined, "a to join the s2s room")
+    return room_id
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_two_nodes_open_an_s2s_room_and_exchange_events(tmp_path: Path, tls: bool) -> None:
+    with two_nodes(tmp_path, tls=tls) as (a, b):
 
         def b_knows_a() -> list[dict[str, Any]]:
             return [
@@ -237,18 +271,10 @@ def test_two_nodes_open_an_s2s_room_and_exchange_events(tmp_path: Path, tls: boo
         }
         assert peer["encrypted"] is tls
 
-        room_id = cli_json("room", "create", "--s2s", "--peer", a.identifier, data_dir=b.data_dir)[
-            "room_id"
-        ]
+        room_id = open_s2s_room(a, b)
         # At most one live s2s room per pair: asking again gives the same room.
         again = cli_json("room", "create", "--s2s", "--peer", a.identifier, data_dir=b.data_dir)
         assert again == {"room_id": room_id}
-
-        def a_joined() -> bool:
-            rooms = cli_json("rooms", data_dir=a.data_dir)
-            return any(r["room_id"] == room_id and len(r["joined_members"]) == 2 for r in rooms)
-
-        eventually(a_joined, "a to join the s2s room")
         sent = cli_json(
             "send",
             room_id,
@@ -282,3 +308,121 @@ def test_two_nodes_open_an_s2s_room_and_exchange_events(tmp_path: Path, tls: boo
         assert seen[""]["event_id"] == sent["event_id"]
         assert seen["a"]["event_id"] == reply["event_id"]
         assert seen["a"]["sender"] == f"@:{a.identifier}"
+
+
+def test_rules_refuse_at_the_source_then_upgrade_and_negotiations(tmp_path: Path) -> None:
+    # b opens a room of version 11; a accepts only room version 12 in negotiations.
+    with two_nodes(
+        tmp_path,
+        settings_a=["--set", 'upgrade.versions={"12"=100}'],
+        settings_b=["--set", 'rooms.default_version="11"'],
+    ) as (a, b):
+        room_id = open_s2s_room(a, b)
+        (room,) = [r for r in cli_json("rooms", data_dir=a.data_dir) if r["room_id"] == room_id]
+        assert room["room_version"] == "11"
+
+        # MSC3348's example: a asks b not to send it invites (dropped at the source).
+        added = cli_json(
+            "rules",
+            "add",
+            b.identifier,
+            "--match",
+            "type=m.room.member",
+            "--match",
+            "content.membership=invite",
+            "--reason",
+            "no invites",
+            data_dir=a.data_dir,
+        )
+        assert added["event_id"].startswith("$")
+        (ours,) = cli_json("rules", "list", b.identifier, data_dir=a.data_dir)
+        assert ours["direction"] == "ours"
+        assert ours["type"] == "m.s2s.drop"
+        assert ours["content"] == {
+            "match": {"type": "m.room.member", "content.membership": "invite"},
+            "reason": "no invites",
+        }
+        assert ours["room_id"] == room_id
+
+        def b_has_theirs() -> list[dict[str, Any]]:
+            rules = cli_json("rules", "list", "--json", data_dir=b.data_dir)
+            return [r for r in rules if r["direction"] == "theirs"]
+
+        (theirs,) = eventually(b_has_theirs, "a's rule to reach b")
+        assert theirs["state_key"] == ours["state_key"]
+        table = cli("rules", "list", data_dir=b.data_dir)
+        assert table.stdout.split()[:5] == ["PEER", "DIRECTION", "TYPE", "STATE_KEY", "CONTENT"]
+
+        # carol, a local user of b, may not invite a user of a into her room; she may invite
+        # a user of b.
+        carol = cli_json("token", "create", "--user", "carol", data_dir=b.data_dir)
+        as_carol = ["--access-token", carol["access_token"]]
+        lobby = cli("room", "create", "--name", "lobby", *as_carol, data_dir=b.data_dir)
+        assert lobby.returncode == 0, lobby.stderr
+        lobby_id = lobby.stdout.strip()
+
+        def invite(user: str) -> subprocess.CompletedProcess[str]:
+            return cli(
+                *("send", lobby_id, "m.room.member", '{"membership": "invite"}'),
+                *("--state-key", user, "--json", *as_carol),
+                data_dir=b.data_dir,
+            )
+
+        refused = invite(f"@dave:{a.identifier}")
+        assert refused.returncode == 1
+        body = json.loads(refused.stdout)
+        assert body["errcode"] == "M_FORBIDDEN"
+        assert body["rule"] == {
+            "type": "m.s2s.drop",
+            "state_key": ours["state_key"],
+            "room_id": room_id,
+        }
+        assert "m.s2s.drop" in refused.stderr
+        assert refused.stderr.count("\n") == 1
+        assert invite(f"@erin:{b.identifier}").returncode == 0
+
+        removed = cli(
+            "rules", "remove", b.identifier, "m.s2s.drop", ours["state_key"], data_dir=a.data_dir
+        )
+        assert removed.returncode == 0, removed.stderr
+        assert removed.stdout.strip().startswith("$")
+        eventually(lambda: not b_has_theirs(), "the removal to reach b")
+        assert "m.s2s.drop" not in invite(f"@dave:{a.identifier}").stderr
+
+        # An upgrade a cannot accept fails: exit 1, the outcome says why.
+        failed = cli("upgrade", room_id, "--versions", "11:100", "--json", data_dir=b.data_dir)
+        # (a accepts only 12: nothing in common)
+        assert failed.returncode == 1, failed.stderr
+        outcome = json.loads(failed.stdout)
+        assert outcome["status"] == "failed"
+        assert outcome["error"]
+        # One both accept succeeds and names the new room.
+        done = cli("upgrade", room_id, "--versions", "12:100,11:50", "--json", data_dir=b.data_dir)
+        assert done.returncode == 0, done.stderr
+        upgraded = json.loads(done.stdout)
+        assert upgraded["status"] == "upgraded"
+        assert upgraded["version"] == "12"
+        assert upgraded["new_room_id"].startswith("!")
+
+        negotiations = cli_json("negotiations", room_id, data_dir=a.data_dir)
+        states = sorted(n["state"] for n in negotiations)
+        assert len(negotiations) == 2
+        assert {n["negotiation_id"] for n in negotiations} == {
+            outcome["negotiation_id"],
+            upgraded["negotiation_id"],
+        }, states
+        table = cli("negotiations", room_id, data_dir=b.data_dir)
+        assert table.stdout.split()[:6] == [
+            "NEGOTIATION_ID",
+            "STATE",
+            "ROLE",
+            "PEER",
+            "VERSION",
+            "ERROR",
+        ]
+
+        def a_in_new_room() -> bool:
+            rooms = cli_json("rooms", data_dir=a.data_dir)
+            return any(r["room_id"] == upgraded["new_room_id"] for r in rooms)
+
+        eventually(a_in_new_room, "a to follow the upgrade")
