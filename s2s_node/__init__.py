@@ -30,9 +30,12 @@ if TYPE_CHECKING:
     from s2s_node.core.ids import EventId, RoomId, ServerName, UserId
     from s2s_node.core.room import EventStatus
     from s2s_node.datadir import DataDirError
+    from s2s_node.modules.api import ModuleVeto
+    from s2s_node.modules.policy import PolicyRefusal, RuleInfo
     from s2s_node.node import Invite, JoinError, Node, open_node
     from s2s_node.peerinfo import PeerInfo, PeerInfoChange
     from s2s_node.rooms import Subscription, SubscriptionLagError, UnknownRoomError
+    from s2s_node.s2s.values import NegotiationInfo, UpgradeError, UpgradeOutcome
 
 # Public name -> the module that defines it.
 _EXPORTS = {
@@ -47,6 +50,9 @@ _EXPORTS = {
     "UserId": "s2s_node.core.ids",
     "EventStatus": "s2s_node.core.room",
     "DataDirError": "s2s_node.datadir",
+    "ModuleVeto": "s2s_node.modules.api",
+    "PolicyRefusal": "s2s_node.modules.policy",
+    "RuleInfo": "s2s_node.modules.policy",
     "Invite": "s2s_node.node",
     "JoinError": "s2s_node.node",
     "Node": "s2s_node.node",
@@ -56,6 +62,9 @@ _EXPORTS = {
     "Subscription": "s2s_node.rooms",
     "SubscriptionLagError": "s2s_node.rooms",
     "UnknownRoomError": "s2s_node.rooms",
+    "NegotiationInfo": "s2s_node.s2s.values",
+    "UpgradeError": "s2s_node.s2s.values",
+    "UpgradeOutcome": "s2s_node.s2s.values",
 }
 
 
@@ -81,15 +90,21 @@ __all__ = [
     "EventStatus",
     "Invite",
     "JoinError",
+    "ModuleVeto",
+    "NegotiationInfo",
     "Node",
     "Pdu",
     "PeerInfo",
     "PeerInfoChange",
+    "PolicyRefusal",
     "RoomId",
+    "RuleInfo",
     "ServerName",
     "Subscription",
     "SubscriptionLagError",
     "UnknownRoomError",
+    "UpgradeError",
+    "UpgradeOutcome",
     "UserId",
     "__version__",
     "load_config",

@@ -62,7 +62,9 @@ def test_embed_example_runs_and_both_nodes_receive_the_others_events(tmp_path: P
     alice = re.search(rf"^alice is ({IDENTIFIER})$", out, re.MULTILINE)
     bob = re.search(rf"^bob   is ({IDENTIFIER})$", out, re.MULTILINE)
     assert alice and bob and alice.group(1) != bob.group(1)
-    assert re.search(r"^alice opened the s2s room !\S+ and invited bob$", out, re.MULTILINE)
+    room = re.search(r"^alice opened the s2s room (!\S+) and invited bob$", out, re.MULTILINE)
+    assert room
+    assert f"bob joined {room.group(1)}\n" in out
     for n in range(2):
         assert f"bob got org.example.ping {{'from': 'alice', 'n': {n}}}" in out
         assert f"alice got org.example.ping {{'from': 'bob', 'n': {n}}}" in out
