@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from s2s_node.core.canonical import JsonDict, decode_base64, encode_base64
+from s2s_node.core.canonical import CanonicalJsonError, JsonDict, decode_base64, encode_base64
 from s2s_node.core.ids import ServerName
 from s2s_node.core.keys import KEY_ID, SigningKey, is_identifier, verify_key_bytes_from_identifier
 from s2s_node.core.signing import SignatureError, check_json_signature, derived_keys, sign_json
@@ -310,6 +310,10 @@ def check_key_document(document: object, *, expected: str | None, now_ms: int) -
         check_json_signature(document, server_name, derived_keys)
     except SignatureError as exc:
         raise KeyDocumentError(KeyDocumentReason.BAD_SIGNATURE, exc.detail) from None
+    except CanonicalJsonError as exc:  # e.g. a float, from a fetcher that is not the strict decoder
+        raise KeyDocumentError(
+            KeyDocumentReason.BAD_SIGNATURE, f"not canonical JSON: {exc.detail}"
+        ) from None
     # 4. Still valid: an expired document is a stale copy, whoever serves it.
     valid_until = document.get("valid_until_ts")
     if type(valid_until) is not int:
