@@ -100,12 +100,17 @@ class OutboundSenders:
         destinations = await self._astore.read(lambda store: store.outbound.destinations())
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            for destination in destinations:
-                self._sender(destination)
-            for sender in self._senders.values():  # also those poked before `run` started
-                self._start(sender)
-            task_status.started()
-            await trio.sleep_forever()
+            try:
+                for destination in destinations:
+                    self._sender(destination)
+                for sender in self._senders.values():  # also those poked before `run` started
+                    self._start(sender)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                # Shutting down: a wake() or notify() from a task that is still being cancelled
+                # must not start a sender in a nursery that is closing.
+                self._nursery = None
 
     def _sender(self, destination: str) -> _Sender:
         sender = self._senders.get(destination)
