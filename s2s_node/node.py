@@ -439,12 +439,12 @@ class Node:
                 page=JOIN_HISTORY_PAGE,
             )
             objs = _dedupe([*auth_chain, *state, *history.events], rules)
-            verdicts = await self.rooms.ingest(room_id, objs, rules=rules)
+            verdicts = await self.rooms.ingest(room_id, objs, rules=rules, values_checked=True)
             refused = [v for v in verdicts if v.outcome is Outcome.DEFERRED]
             if refused:
                 raise JoinError(f"{len(refused)} events of the room could not be placed")
             joined = response.get("event") if isinstance(response.get("event"), dict) else None
-            (verdict,) = await self.rooms.ingest(room_id, [joined or pdu.json])
+            (verdict,) = await self.rooms.ingest(room_id, [joined or pdu.json], values_checked=True)
             if verdict.outcome is not Outcome.ACCEPTED or verdict.event_id != pdu.event_id:
                 raise JoinError(f"our join was not accepted here: {verdict.detail}")
             await self._check_join_state(room_id, pdu.event_id, state)

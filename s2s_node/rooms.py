@@ -215,13 +215,21 @@ class NodeRooms:
     # -- remote events
 
     async def ingest(
-        self, room_id: RoomId, objs: Sequence[object], *, rules: RoomVersionRules | None = None
+        self,
+        room_id: RoomId,
+        objs: Sequence[object],
+        *,
+        rules: RoomVersionRules | None = None,
+        values_checked: bool = False,
     ) -> list[Verdict]:
         """Run the receive pipeline over untrusted PDUs of one room; verdicts in input order.
 
         `rules` creates the room first (joining it); otherwise the room must be known. Events
         are ingested in chunks of `INGEST_CHUNK`; an event deferred for an event of a later
-        chunk is tried again with that chunk.
+        chunk is tried again with that chunk. `values_checked=True` only for objects that came
+        through the strict decoders (`core.wire.decode_body`, `core.canonical.parse_json`),
+        which already refused floats, out-of-range integers and the like: the pipeline then
+        skips its own canonical-value walk (see `core.ingest.ingest_batch`).
         """
         verdicts: list[Verdict | None] = [None] * len(objs)
         carried: list[int] = []
@@ -233,7 +241,9 @@ class NodeRooms:
                 if rules is not None:
                     store.create_room(room_id, rules)
                 graph = self._graph(store, room_id)
-                results = ingest_batch([objs[i] for i in chunk], graph, derived_keys)
+                results = ingest_batch(
+                    [objs[i] for i in chunk], graph, derived_keys, values_checked=values_checked
+                )
                 accepted = [
                     graph.get_event(v.event_id)
                     for v in results

@@ -226,7 +226,7 @@ class MembershipApi:
             await self._restricted_authoriser(room_id, pdu.sender)
             signed = sign_json(pdu.json, api.identifier, api.key)
             pdu = parse_pdu(signed, rules, event_id=pdu.event_id, check_values=False)
-        (verdict,) = await api.rooms.ingest(RoomId(room_id), [pdu.json])
+        (verdict,) = await api.rooms.ingest(RoomId(room_id), [pdu.json], values_checked=True)
         if verdict.outcome is not Outcome.ACCEPTED:
             raise HttpError(
                 403,

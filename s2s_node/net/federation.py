@@ -212,7 +212,7 @@ class FederationApi:
             if rules is None:
                 logger.info("%s sent %d PDUs of unknown room %s", origin[:12], len(objs), room_id)
                 continue
-            verdicts = await self.rooms.ingest(RoomId(room_id), objs)
+            verdicts = await self.rooms.ingest(RoomId(room_id), objs, values_checked=True)
             deferred = [
                 (obj, v)
                 for obj, v in zip(objs, verdicts, strict=True)

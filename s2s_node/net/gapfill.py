@@ -263,7 +263,7 @@ class GapFiller:
             deferred,
             earliest=earliest,
             known=functools.partial(self._rooms.known_events, room_id),
-            ingest=functools.partial(self._rooms.ingest, room_id),
+            ingest=functools.partial(self._rooms.ingest, room_id, values_checked=True),
             max_events=max_events,
             page=page,
         )
