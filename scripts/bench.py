@@ -353,7 +353,8 @@ def benches(rooms: Path, synapse: Path | None) -> list[Bench]:
         Bench(name="stateres", script="bench_stateres.py", full=("--repeat", "7", *stateres_extra),
               quick=("--repeat", "3", *stateres_extra, "s100-"), timeout_s=1200,
               parse=parse_stateres),
-        Bench(name="federation", script="bench_federation.py", full=("--events", "10000"),
+        Bench(name="federation", script="bench_federation.py",
+              full=("--events", "10000", "--repeats", "3"),
               quick=("--events", "2000"), timeout_s=900, parse=parse_federation, rooms=False,
               json_flag=False),
         Bench(name="tls", script="bench_tls.py", full=("--requests", "200", "--rounds", "3"),
@@ -552,12 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(selected)} benches, {size} run; Synapse: {synapse or 'not found'}", flush=True)
     results: list[dict[str, Any]] = []
     suite_started = time.time()
+    load_at_start = os.getloadavg()
     for bench in selected:
         cmd = command(bench, args.quick, args.rooms)
         outcome = run_bench(bench, cmd, bench.timeout_s * args.timeout_factor, tty)
         result: dict[str, Any] = {
             "name": bench.name,
-            "command": shlex.join(["python", *cmd[1:]]),
+            "command": shlex.join(["python", *cmd[1:]]).replace(f"{REPO}/", ""),
             "status": outcome.status,
             "seconds": round(outcome.seconds, 1),
             "exit_code": outcome.exit_code,
@@ -592,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         "size": size,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(suite_started)),
         "seconds": round(time.time() - suite_started, 1),
-        "machine": machine(),
+        "machine": machine() | {"load_average_at_start": load_at_start},
         "synapse_python": str(synapse) if synapse else None,
         "benches": results,
     }
