@@ -22,10 +22,11 @@ invite_state, rooms.leave), "GET /rooms/{roomId}/messages", "Room event format" 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -386,9 +387,11 @@ async def compute_initial_sync(
     txn_of: TxnLookup,
     *,
     limit: int = INITIAL_TIMELINE_LIMIT,
+    visible: Callable[[Sequence[Pdu]], Awaitable[list[Pdu]]] | None = None,
 ) -> SyncBody:
     """Every room `user` is joined to or invited to (rooms the node is not in yet: the caller
-    adds their invites)."""
+    adds their invites). `visible` drops timeline events local users must not see (events a
+    module withholds, docs/design.md section 10)."""
     body = SyncBody(next_batch=stream.token())
     for room_id in room_ids:
         read = await astore.read(
@@ -397,6 +400,8 @@ async def compute_initial_sync(
             )
         )
         if read is not None and read.membership in ("join", "invite"):
+            if visible is not None:
+                read = dataclasses.replace(read, timeline=tuple(await visible(read.timeline)))
             add_room_to_body(body, read, txn_of)
     stream.remember_delivered(body.next_batch, body.event_ids())
     return body

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -280,6 +283,29 @@ async def test_peer_ignoring_rules_invite_refused_403_message_withheld(tmp_path:
             await wait_for(lambda: _same_tips(purple, blue, room))
             verdict = await blue.rooms.read(room, lambda g: g.status(reply.event_id))
             assert verdict is EventStatus.ACCEPTED
+            # Nor do Smith's reads of the stored history over the client API show it.
+            _, token = await purple.create_token("smith")
+            path = f"/_matrix/client/v3/rooms/{urllib.parse.quote(room)}/messages?dir=b&limit=50"
+            history = await _client_get(purple, token, path)
+            listed = [event["event_id"] for event in history["chunk"]]
+            assert fine.event_id in listed
+            assert spam.event_id not in listed
+            sync = await _client_get(purple, token, "/_matrix/client/v3/sync")
+            timeline = [e["event_id"] for e in sync["rooms"]["join"][room]["timeline"]["events"]]
+            assert fine.event_id in timeline
+            assert spam.event_id not in timeline
+
+
+async def _client_get(node: Node, token: str, path: str) -> dict[str, Any]:
+    def fetch() -> dict[str, Any]:
+        request = urllib.request.Request(
+            node.client_url + path, headers={"Authorization": f"Bearer {token}"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            body: dict[str, Any] = json.loads(response.read())
+            return body
+
+    return await trio.to_thread.run_sync(fetch)
 
 
 async def _state_has(node: Node, room: str, key: tuple[str, str]) -> bool:

@@ -280,6 +280,18 @@ class ModuleHost:
             kept.append(pdu)
         return kept
 
+    async def visible_to_local_users(self, pdus: Sequence[Pdu]) -> list[Pdu]:
+        """`pdus` minus the remote ones a module refuses now: what readers of stored history
+        (initial sync, `/messages`) may show. Like `filter_remote`, without counting."""
+        if not self._active:
+            return list(pdus)
+        return [
+            pdu
+            for pdu in pdus
+            if server_of(pdu.sender) == self._node.identifier
+            or await self._check_incoming(pdu) is None
+        ]
+
     async def check_invite(self, pdu: Pdu) -> None:
         """An invite received over `/invite`: a veto is 403 M_FORBIDDEN (with the veto's keys)."""
         if not self._active:

@@ -244,10 +244,12 @@ class RoomEndpoints:
         if page is None:
             raise HttpError(404, M_NOT_FOUND, f"unknown room {room_id[:100]}")
         device = requester.device_id
+        # Events a module withholds from local users stay out of history too (design section 10).
+        chunk = await self.node.modules.visible_to_local_users(page.chunk)
         answer: JsonDict = {
             "start": page.start,
             "chunk": [
-                build_client_event(p, self.ctx.txns.txn_of(device, p.event_id)) for p in page.chunk
+                build_client_event(p, self.ctx.txns.txn_of(device, p.event_id)) for p in chunk
             ],
             "state": [],
         }

@@ -64,7 +64,12 @@ class SyncEndpoint:
         since = None if full_state else stream.parse_since(since_token)
         if since is None or since_token is None:
             body = await compute_initial_sync(
-                node.astore, stream, await node.room_ids(), user, txn_of
+                node.astore,
+                stream,
+                await node.room_ids(),
+                user,
+                txn_of,
+                visible=node.modules.visible_to_local_users,
             )
             self._add_remote_invites(body, user, None)
             return build_response(body.to_json())
