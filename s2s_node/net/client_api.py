@@ -26,6 +26,7 @@ from s2s_node.net.client_api_sync import SyncEndpoint
 from s2s_node.net.http import Request, Response, build_response
 from s2s_node.net.router import Route, Router
 from s2s_node.net.server import HttpLimits, bound_port, serve_http
+from s2s_node.net.status_page import StatusPage
 from s2s_node.sync import EventStream
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def build_client_routes(ctx: ClientContext) -> list[Route]:
         *rooms.routes(),
         *SyncEndpoint(ctx).routes(),
         *S2SEndpoints(ctx, rooms).routes(),
+        *StatusPage(ctx).routes(),  # GET /status: read-only HTML (net.status_page)
     ]
 
 
