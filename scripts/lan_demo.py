@@ -1,0 +1,713 @@
+#!/usr/bin/env python3
+"""The LAN demo: real `s2s-node run` processes in network namespaces on a bridge, driven only
+through the `s2s-node` command line, every step verified.
+
+Usage: `sudo scripts/lan_demo.py [--nodes N] [--keep] [--verbose]` (N >= 3, default 3).
+
+Builds a LAN (a switch namespace holding a bridge; per node a namespace with a veth pair to the
+bridge and an address in 10.77.0.0/24), starts `s2s-node run` in each namespace (temporary data
+directories, TLS on, mDNS discovery bound to the namespace's address, client API on
+127.0.0.1:8008 inside the namespace, new rooms of version 10), then narrates with timestamps:
+
+1. discovery: every node discovers and verifies every other one (`s2s-node peers --json`);
+2. s2s rooms: each node opens an s2s room with the next one around the ring
+   (`s2s-node room create --s2s --peer ID`); the peer joins by itself;
+3. events both ways in each room (`s2s-node send`), seen by the other side (`s2s-node state`,
+   `s2s-node dag --format json`);
+4. a policy rule: n0 asks n1 not to send it invites (`s2s-node rules add`); an invite of a user
+   of n0 made on n1 is refused on n1 naming the rule; after `rules remove` it goes through;
+5. upgrades: the last two nodes negotiate one (`s2s-node upgrade ROOM --versions 12:100,11:50`)
+   and agree on 11, the only newer version the last node (configured older-only: 11 and 10)
+   accepts; n0, configured `upgrade.mode = "strict"`, proposes to that same older-only peer and
+   the negotiation fails with "no match";
+6. a partition: n0's cable is unplugged at the bridge (`ip link set <port> down`), n0 and n1
+   both change the topic of their room (and each adds a state event of its own), the states
+   differ; the cable is plugged back and both converge to the same current state;
+7. n1 is killed (SIGKILL); n0 and the last node send events to it while it is down; n1 is
+   restarted on the same data directory and catches up on all of them.
+
+Each step prints PASS or FAIL with what it checked; the exit status is 0 only if every step
+passed. Everything (node processes, namespaces with the bridge and links, temporary
+directories) is torn down at the end, on failure and on Ctrl-C/SIGTERM too, unless `--keep`.
+Exit status 2 when the demo cannot run here (not root, no `ip`, s2s_node not installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from lan_demo_lib import (  # the sibling module, through sys.path
+    ABORT,
+    PREFIX,
+    CommandError,
+    DemoInterruptError,
+    Lan,
+    Narrator,
+    Node,
+    WaitTimeoutError,
+    in_parallel,
+    listed_namespaces,
+    node_python,
+    signals_deferred,
+    signals_interrupt,
+    skip_reason,
+    wait_until,
+)
+
+MIN_NODES = 3
+ROOM_VERSION = "10"
+CLIENT_LISTEN = "127.0.0.1:8008"
+FEDERATION_PORT = 8448
+OLDER_ONLY_VERSIONS = '{"11"=100,"10"=50}'
+# Bounds of each wait (the whole demo takes about half a minute on a quiet machine).
+DISCOVERY_TIMEOUT_S = 15.0
+JOIN_TIMEOUT_S = 15.0
+DELIVERY_TIMEOUT_S = 15.0
+CONVERGENCE_TIMEOUT_S = 30.0
+CATCH_UP_TIMEOUT_S = 30.0
+# How long the cable stays out after both sides changed the room (long enough for each side's
+# attempt to deliver to fail and for discovery's probes to notice).
+PARTITION_HOLD_S = 2.0
+
+
+class CheckFailedError(Exception):
+    """A check of the current step did not hold."""
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise CheckFailedError(message)
+
+
+@dataclass
+class Demo:
+    narrator: Narrator
+    lan: Lan
+    nodes: list[Node]
+    rooms: dict[tuple[int, int], str] = field(default_factory=dict)
+    upgraded_room: str = ""
+
+    # -- small readers over the command line
+
+    def name(self, i: int) -> str:
+        return self.nodes[i].name
+
+    def peers(self, i: int) -> dict[str, dict[str, Any]]:
+        return {p["identifier"]: p for p in self.nodes[i].cli_json("peers")}
+
+    def joined_room(self, i: int, room_id: str) -> dict[str, Any] | None:
+        for room in self.nodes[i].cli_json("rooms"):
+            if room["room_id"] == room_id and len(room["joined_members"]) == 2:
+                return dict(room)
+        return None
+
+    def state_content(self, i: int, room_id: str, event_type: str, key: str) -> Any:
+        """The content of one state event at node i, or None if it has none."""
+        result = self.nodes[i].cli("state", room_id, event_type, key, "--json")
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def state_ids(self, i: int, room_id: str) -> dict[tuple[str, str], str]:
+        """Node i's current state of the room: (type, state_key) -> event ID."""
+        events = self.nodes[i].cli_json("state", room_id)
+        return {(e["type"], e["state_key"]): e["event_id"] for e in events}
+
+    def dag_ids(self, i: int, room_id: str) -> set[str]:
+        """The IDs of the accepted events node i holds in the room."""
+        dag = self.nodes[i].cli_json("dag", room_id, "--format", "json")
+        return {n["id"] for n in dag["nodes"] if n["status"] == "accepted"}
+
+    def has_events(
+        self, i: int, room_id: str, key: str, content: dict[str, Any], message: str
+    ) -> bool:
+        """Node i holds org.example.hello/`key` with `content` and the message `message`."""
+        return self.state_content(
+            i, room_id, "org.example.hello", key
+        ) == content and message in self.dag_ids(i, room_id)
+
+    def send(self, i: int, room_id: str, event_type: str, content: Any, key: str | None) -> str:
+        args = ["send", room_id, event_type, json.dumps(content)]
+        if key is not None:
+            args += ["--state-key", key]
+        return str(self.nodes[i].cli_json(*args)["event_id"])
+
+    # -- the steps
+
+    def step_discovery(self) -> str:
+        count = len(self.nodes)
+
+        def all_verified(i: int) -> Callable[[], dict[str, dict[str, Any]] | None]:
+            def probe() -> dict[str, dict[str, Any]] | None:
+                peers = self.peers(i)
+                others = [n for n in self.nodes if n.index != i]
+                ok = all(
+                    n.identifier in peers
+                    and peers[n.identifier]["verified"]
+                    and peers[n.identifier]["encrypted"]
+                    for n in others
+                )
+                return peers if ok else None
+
+            return probe
+
+        found = in_parallel(
+            [
+                functools.partial(
+                    wait_until,
+                    all_verified(i),
+                    timeout=DISCOVERY_TIMEOUT_S,
+                    what=f"{self.name(i)} to verify all {count - 1} peers",
+                )
+                for i in range(count)
+            ]
+        )
+        slowest = max(waited for _, waited in found)
+        for i, (peers, _) in enumerate(found):
+            seen = []
+            for j, node in enumerate(self.nodes):
+                if j == i:
+                    continue
+                peer = peers[node.identifier]
+                check(
+                    self.lan.address(j) in peer["addresses"],
+                    f"{self.name(i)} sees {node.name} at {peer['addresses']}, "
+                    f"not {self.lan.address(j)}",
+                )
+                seen.append(f"{node.name}@{self.lan.address(j)}:{peer['port']}")
+            self.narrator.say(f"{self.name(i)} verified (TLS, pinned): {', '.join(seen)}")
+        return (
+            f"each of {count} nodes verified the other {count - 1} over encrypted channels "
+            f"at their namespace addresses (all within {slowest:.1f} s of polling)"
+        )
+
+    def ring(self) -> list[tuple[int, int]]:
+        count = len(self.nodes)
+        return [(i, (i + 1) % count) for i in range(count)]
+
+    def step_rooms(self) -> str:
+        def open_room(pair: tuple[int, int]) -> str:
+            i, j = pair
+            room_id = str(
+                self.nodes[i].cli_json(
+                    "room", "create", "--s2s", "--peer", self.nodes[j].identifier
+                )["room_id"]
+            )
+            self.narrator.say(f"{self.name(i)} opened {room_id} with {self.name(j)}")
+            room, waited = wait_until(
+                lambda: self.joined_room(j, room_id),
+                timeout=JOIN_TIMEOUT_S,
+                what=f"{self.name(j)} to join {room_id}",
+            )
+            check(
+                room["room_version"] == ROOM_VERSION,
+                f"{room_id} has version {room['room_version']}",
+            )
+            check(
+                room["room_type"] in ("support.feline.s2s", "m.s2s"),
+                f"{room_id} has room type {room['room_type']}",
+            )
+            self.narrator.say(
+                f"{self.name(j)} joined {room_id} by itself after {waited:.1f} s "
+                f"(type {room['room_type']}, version {room['room_version']})"
+            )
+            return room_id
+
+        pairs = self.ring()
+        for pair, room_id in zip(
+            pairs, in_parallel([functools.partial(open_room, p) for p in pairs]), strict=True
+        ):
+            self.rooms[pair] = room_id
+        return (
+            f"{len(pairs)} s2s rooms opened around the ring, each with both server users "
+            f"joined (room type and version {ROOM_VERSION} read back on the invited side)"
+        )
+
+    def step_events(self) -> str:
+        def exchange(pair: tuple[int, int]) -> None:
+            room_id = self.rooms[pair]
+            sent: list[tuple[int, int, str, dict[str, Any], str]] = []
+            for sender, receiver in (pair, pair[::-1]):
+                content = {"text": f"hello from {self.name(sender)} to {self.name(receiver)}"}
+                key = self.name(sender)
+                self.send(sender, room_id, "org.example.hello", content, key)
+                ping = self.send(
+                    sender, room_id, "org.example.ping", {"from": self.name(sender)}, None
+                )
+                sent.append((sender, receiver, key, content, ping))
+            for sender, receiver, key, content, ping in sent:
+                _, waited = wait_until(
+                    functools.partial(self.has_events, receiver, room_id, key, content, ping),
+                    timeout=DELIVERY_TIMEOUT_S,
+                    what=f"{self.name(receiver)} to receive {self.name(sender)}'s events",
+                )
+                self.narrator.say(
+                    f"{self.name(receiver)} has {self.name(sender)}'s state event "
+                    f"org.example.hello/{key} and message {ping[:12]}... ({waited:.1f} s)"
+                )
+
+        in_parallel([functools.partial(exchange, p) for p in self.ring()])
+        return (
+            f"in each of {len(self.rooms)} rooms a state event and a message went each way; "
+            "the receiver's `state` shows the sender's content and its `dag` the message as "
+            "accepted"
+        )
+
+    def step_policy(self) -> str:
+        asker, asked = self.nodes[0], self.nodes[1]
+        room_id = self.rooms[(0, 1)]
+        added = asker.cli_json(
+            "rules", "add", asked.identifier,
+            "--match", "type=m.room.member", "--match", "content.membership=invite",
+            "--reason", "no invites, please",
+        )  # fmt: skip
+        (ours,) = [r for r in asker.cli_json("rules", "list", asked.identifier)]
+        self.narrator.say(
+            f"{asker.name} published {ours['type']}/{ours['state_key']} asking {asked.name} "
+            f"to drop invites ({added['event_id'][:12]}...)"
+        )
+
+        def theirs_at_asked() -> list[dict[str, Any]]:
+            rules = asked.cli_json("rules", "list", asker.identifier)
+            return [r for r in rules if r["direction"] == "theirs"]
+
+        (theirs,), waited = wait_until(
+            theirs_at_asked, timeout=DELIVERY_TIMEOUT_S, what=f"the rule to reach {asked.name}"
+        )
+        check(theirs["state_key"] == ours["state_key"], f"{asked.name} holds {theirs}")
+        self.narrator.say(f"{asked.name} holds the rule as 'theirs' after {waited:.1f} s")
+
+        # A local user of the asked node opens an ordinary room and invites a user of the asker.
+        invitee = f"@dave:{asker.identifier}"
+        asker.cli_json("token", "create", "--user", "dave")
+        carol = asked.cli_json("token", "create", "--user", "carol")
+        as_carol = ("--access-token", carol["access_token"])
+        lobby = asked.cli_json("room", "create", "--name", "lobby", *as_carol)["room_id"]
+
+        def invite() -> Any:
+            return asked.cli(
+                "send", lobby, "m.room.member", '{"membership": "invite"}',
+                "--state-key", invitee, "--json", *as_carol,
+            )  # fmt: skip
+
+        refused = invite()
+        check(refused.returncode == 1, f"the invite exited {refused.returncode}: {refused.stderr}")
+        body = json.loads(refused.stdout)
+        expected_rule = {"type": "m.s2s.drop", "state_key": ours["state_key"], "room_id": room_id}
+        check(body.get("errcode") == "M_FORBIDDEN", f"refusal body {body}")
+        check(body.get("rule") == expected_rule, f"refusal names {body.get('rule')}")
+        self.narrator.say(
+            f"{asked.name}: carol's invite of {invitee[:14]}... refused locally: "
+            f"{refused.stderr.strip()}"
+        )
+
+        asker.cli_json("rules", "remove", asked.identifier, "m.s2s.drop", ours["state_key"])
+        _, waited = wait_until(
+            lambda: not theirs_at_asked(),
+            timeout=DELIVERY_TIMEOUT_S,
+            what=f"the removal to reach {asked.name}",
+        )
+        self.narrator.say(
+            f"{asker.name} removed the rule; {asked.name} saw it after {waited:.1f} s"
+        )
+        allowed = invite()
+        check(
+            allowed.returncode == 0,
+            f"the invite after removal exited {allowed.returncode}: {allowed.stderr.strip()}",
+        )
+        invite_id = json.loads(allowed.stdout)["event_id"]
+        members = {
+            e["state_key"]: e["content"].get("membership")
+            for e in asked.cli_json("state", lobby, "m.room.member", *as_carol)
+        }
+        check(members.get(invitee) == "invite", f"lobby members {members}")
+        self.narrator.say(f"the same invite now goes through ({invite_id[:12]}...)")
+        return (
+            f"{asked.name} refused the invite to a user of {asker.name} with 403 naming "
+            f"m.s2s.drop/{ours['state_key']} in {room_id[:12]}...; after the rule's removal "
+            "the invite was countersigned and is in the room's state"
+        )
+
+    def step_upgrades(self) -> str:
+        count = len(self.nodes)
+        older_only = count - 1
+        compatible = count - 2
+        room_id = self.rooms[(compatible, older_only)]
+        proposer, follower = self.nodes[compatible], self.nodes[older_only]
+        result = proposer.cli("upgrade", room_id, "--versions", "12:100,11:50", "--json")
+        check(result.returncode == 0, f"upgrade exited {result.returncode}: {result.stderr}")
+        outcome = json.loads(result.stdout)
+        check(outcome["status"] == "upgraded", f"outcome {outcome}")
+        check(outcome["version"] == "11", f"agreed on {outcome['version']}, expected 11")
+        new_room = str(outcome["new_room_id"])
+        self.narrator.say(
+            f"{proposer.name} proposed 12:100,11:50 in {room_id[:12]}...; {follower.name} "
+            f"(older-only: 11,10) agreed on {outcome['version']}: upgraded to {new_room}"
+        )
+        room, waited = wait_until(
+            lambda: self.joined_room(older_only, new_room),
+            timeout=JOIN_TIMEOUT_S,
+            what=f"{follower.name} to follow the upgrade",
+        )
+        check(room["room_version"] == "11", f"successor version {room['room_version']}")
+        tombstone = self.state_content(older_only, room_id, "m.room.tombstone", "")
+        check(
+            isinstance(tombstone, dict) and tombstone.get("replacement_room") == new_room,
+            f"tombstone at {follower.name}: {tombstone}",
+        )
+        self.narrator.say(
+            f"{follower.name} saw the tombstone and joined {new_room[:12]}... (version 11) "
+            f"after {waited:.1f} s"
+        )
+        self.upgraded_room = new_room
+        self.rooms[(compatible, older_only)] = new_room
+
+        strict = self.nodes[0]
+        strict_room = self.rooms[(older_only, 0)]
+        failed = strict.cli("upgrade", strict_room, "--versions", "12:100,11:60,10:20", "--json")
+        check(failed.returncode == 1, f"strict upgrade exited {failed.returncode}: {failed.stderr}")
+        outcome = json.loads(failed.stdout)
+        check(outcome["status"] == "failed", f"strict outcome {outcome}")
+        check(outcome["error"] == "no match", f"strict outcome error {outcome['error']!r}")
+        negotiation_id = outcome["negotiation_id"]
+        (mine,) = [
+            n for n in strict.cli_json("negotiations", strict_room)
+            if n["negotiation_id"] == negotiation_id
+        ]  # fmt: skip
+        check(mine["proposed"] == {"12": 100}, f"the strict node proposed {mine['proposed']}")
+
+        def seen_failed_at_peer() -> dict[str, Any] | None:
+            for n in follower.cli_json("negotiations", strict_room):
+                if n["negotiation_id"] == negotiation_id and n["state"] == mine["state"]:
+                    return dict(n)
+            return None
+
+        theirs, _ = wait_until(
+            seen_failed_at_peer,
+            timeout=DELIVERY_TIMEOUT_S,
+            what=f"{follower.name} to see the failed negotiation",
+        )
+        self.narrator.say(
+            f"{strict.name} (strict) asked for 12:100,11:60,10:20 but proposed only "
+            f"{mine['proposed']}; {follower.name} replied {theirs['replied'] or mine['replied']}: "
+            f"failed, {outcome['error']!r} (state {mine['state']} on both)"
+        )
+        return (
+            f"{proposer.name}/{follower.name} upgraded to version 11 (the best common version) "
+            f"and {follower.name} followed into the successor; {strict.name} in strict mode "
+            f"offered only version 12 and the negotiation with older-only {follower.name} "
+            "failed with 'no match', seen the same on both"
+        )
+
+    def step_partition(self) -> str:
+        room_id = self.rooms[(0, 1)]
+        cut, other = self.nodes[0], self.nodes[1]
+        self.lan.set_port(0, up=False)
+        self.narrator.say(
+            f"unplugged {cut.name}'s cable at the bridge (ip -n {self.lan.switch} link set "
+            f"{self.lan.port(0)} down)"
+        )
+        topics = {}
+        for i in (0, 1):
+            topic = f"topic set by {self.name(i)} during the partition"
+            self.send(i, room_id, "m.room.topic", {"topic": topic}, "")
+            self.send(i, room_id, "org.example.side", {"by": self.name(i)}, self.name(i))
+            topics[i] = topic
+        seen = {i: self.state_content(i, room_id, "m.room.topic", "") for i in (0, 1)}
+        for i in (0, 1):
+            check(seen[i] == {"topic": topics[i]}, f"{self.name(i)}'s topic is {seen[i]}")
+        time.sleep(PARTITION_HOLD_S)
+        before = [self.state_ids(i, room_id) for i in (0, 1)]
+        check(before[0] != before[1], "the two sides did not diverge")
+        check(
+            ("org.example.side", other.name) not in before[0]
+            and ("org.example.side", cut.name) not in before[1],
+            "a state event crossed the partition",
+        )
+        self.narrator.say(
+            f"diverged: {cut.name} sees topic {seen[0]['topic']!r}, {other.name} sees "
+            f"{seen[1]['topic']!r}; neither has the other's org.example.side "
+            f"(cut held {PARTITION_HOLD_S:.0f} s)"
+        )
+        self.lan.set_port(0, up=True)
+        self.narrator.say(f"plugged {cut.name}'s cable back in")
+
+        def converged() -> dict[tuple[str, str], str] | None:
+            a, b = in_parallel(
+                [lambda: self.state_ids(0, room_id), lambda: self.state_ids(1, room_id)]
+            )
+            both_sides = ("org.example.side", cut.name) in a and (
+                "org.example.side",
+                other.name,
+            ) in a
+            return a if a == b and both_sides else None
+
+        state, waited = wait_until(
+            converged,
+            timeout=CONVERGENCE_TIMEOUT_S,
+            what=f"{cut.name} and {other.name} to converge",
+            interval=0.3,
+        )
+        winner = self.state_content(0, room_id, "m.room.topic", "")
+        check(winner == self.state_content(1, room_id, "m.room.topic", ""), "topics differ")
+        check(winner in ({"topic": t} for t in topics.values()), f"resolved topic {winner}")
+        self.narrator.say(
+            f"converged after {waited:.1f} s: {len(state)} state entries identical on both, "
+            f"both org.example.side events present, topic resolved to {winner['topic']!r}"
+        )
+        return (
+            f"with the link down both sides changed the topic and their states differed; after "
+            f"healing, `state --json` of {cut.name} and {other.name} is identical "
+            f"({len(state)} entries, same event IDs) within {waited:.1f} s"
+        )
+
+    def is_peer_down(self, i: int, identifier: str) -> bool:
+        """Node i no longer lists the peer as alive (unreachable, or departed and gone)."""
+        peer = self.peers(i).get(identifier)
+        return peer is None or not peer["alive"]
+
+    def step_crash(self) -> str:
+        victim = self.nodes[1]
+        count = len(self.nodes)
+        old_pid, old_identifier = victim.info["pid"], victim.identifier
+        victim.kill()
+        self.narrator.say(f"SIGKILLed {victim.name} (pid {old_pid})")
+        _, waited = wait_until(
+            functools.partial(self.is_peer_down, 0, victim.identifier),
+            timeout=DELIVERY_TIMEOUT_S,
+            what=f"{self.name(0)} to notice {victim.name} is gone",
+        )
+        self.narrator.say(f"{self.name(0)} lists {victim.name} as not alive after {waited:.1f} s")
+        # While it is down, its two ring neighbours each send a state event and a message in the
+        # room they share with it (with three nodes, n2's is the room upgraded in step 5).
+        key = f"while-{victim.name}-was-down"
+        sent: list[tuple[int, str, str]] = []  # sender, room, message id
+        for pair, sender in (((0, 1), 0), ((1, 2 % count), 2 % count)):
+            room_id = self.rooms[pair]
+            self.send(sender, room_id, "org.example.note", {"by": self.name(sender)}, key)
+            message = self.send(sender, room_id, "org.example.ping", {"n": 2}, None)
+            sent.append((sender, room_id, message))
+            self.narrator.say(
+                f"{self.name(sender)} sent org.example.note/{key} and message {message[:12]}... "
+                f"to {room_id[:12]}... while {victim.name} is down"
+            )
+        victim.start()
+        check(victim.identifier == old_identifier, "the restarted node has another identifier")
+        self.narrator.say(
+            f"restarted {victim.name} on the same data directory (pid {victim.info['pid']}, "
+            "same identifier)"
+        )
+
+        def caught_up() -> bool:
+            return all(
+                self.state_content(1, room_id, "org.example.note", key) == {"by": self.name(s)}
+                and message in self.dag_ids(1, room_id)
+                for s, room_id, message in sent
+            )
+
+        _, waited = wait_until(
+            caught_up, timeout=CATCH_UP_TIMEOUT_S, what=f"{victim.name} to catch up", interval=0.3
+        )
+        for sender, room_id, _ in sent:
+            check(
+                self.state_ids(1, room_id) == self.state_ids(sender, room_id),
+                f"{victim.name} and {self.name(sender)} differ on {room_id}",
+            )
+        self.narrator.say(
+            f"{victim.name} caught up after {waited:.1f} s: both notes and messages, and the "
+            "same current state as each sender"
+        )
+        return (
+            f"{victim.name}, restarted after SIGKILL, holds the {2 * len(sent)} events sent to "
+            f"it while down in {len(sent)} rooms, with the same state as its peers "
+            f"(within {waited:.1f} s of the restart)"
+        )
+
+
+STEPS: list[tuple[str, Callable[[Demo], str]]] = [
+    ("1 discovery", Demo.step_discovery),
+    ("2 s2s rooms", Demo.step_rooms),
+    ("3 events both ways", Demo.step_events),
+    ("4 policy rule", Demo.step_policy),
+    ("5 negotiated upgrade, strict 'no match'", Demo.step_upgrades),
+    ("6 partition and convergence", Demo.step_partition),
+    ("7 kill and catch-up", Demo.step_crash),
+]
+
+
+def node_settings(lan: Lan, index: int, count: int) -> list[str]:
+    address = lan.address(index)
+    settings = [
+        f"federation.listen={address}:{FEDERATION_PORT}",
+        "federation.tls=true",
+        f"client.listen={CLIENT_LISTEN}",
+        "discovery.enabled=true",
+        f'discovery.interfaces=["{address}"]',
+        f'rooms.default_version="{ROOM_VERSION}"',
+    ]
+    if index == 0:
+        settings.append('upgrade.mode="strict"')
+    if index == count - 1:
+        settings.append(f"upgrade.versions={OLDER_ONLY_VERSIONS}")
+    return [arg for setting in settings for arg in ("--set", setting)]
+
+
+def describe(node: Node, count: int) -> str:
+    role = ""
+    if node.index == 0:
+        role = ", upgrade.mode=strict"
+    elif node.index == count - 1:
+        role = ", upgrade.versions=11:100,10:50 (older-only)"
+    where = f"{node.namespace} at {node.info['federation_url']}"
+    return f"{node.name} {node.identifier[:16]}... in {where}{role}"
+
+
+def set_up(args: argparse.Namespace, narrator: Narrator, lan: Lan, nodes: list[Node]) -> str:
+    python = node_python()
+    assert python is not None
+    lan.build(args.nodes)
+    narrator.say(f"switch namespace {lan.switch} with bridge br0; nodes {', '.join(lan.nodes)}")
+    for i, namespace in enumerate(lan.nodes):
+        nodes.append(
+            Node(
+                index=i,
+                name=f"n{i}",
+                namespace=namespace,
+                data_dir=lan.workdir / f"n{i}",
+                settings=node_settings(lan, i, args.nodes),
+                python=python,
+                verbose=args.verbose,
+                narrator=narrator,
+            )
+        )
+    in_parallel([node.start for node in nodes])
+    for node in nodes:
+        narrator.say(describe(node, args.nodes))
+    return (
+        f"{args.nodes} `s2s-node run` processes serving (TLS on, discovery on the namespace "
+        f"address, client API on {CLIENT_LISTEN} in each namespace, rooms of version "
+        f"{ROOM_VERSION})"
+    )
+
+
+def run_demo(args: argparse.Namespace, narrator: Narrator, lan: Lan, nodes: list[Node]) -> bool:
+    """Every step in order; stops at the first that fails. True if all passed."""
+    demo = Demo(narrator=narrator, lan=lan, nodes=nodes)
+    steps: list[tuple[str, Callable[[], str]]] = [
+        ("0 setup", functools.partial(set_up, args, narrator, lan, nodes)),
+        *((title, functools.partial(step, demo)) for title, step in STEPS),
+    ]
+    for title, step in steps:
+        narrator.step(title)
+        try:
+            checked = step()
+        except (
+            CheckFailedError,
+            WaitTimeoutError,
+            CommandError,
+            subprocess.SubprocessError,
+            OSError,
+            ValueError,
+            KeyError,
+        ) as exc:
+            narrator.verdict(title, False, f"{type(exc).__name__}: {exc}")
+            if not args.verbose:
+                for node in nodes:
+                    narrator.say(f"--- last lines of {node.name}'s log ({node.log_path}):")
+                    for line in node.log_tail(12).splitlines():
+                        narrator.say(f"  {node.name}| {line}")
+            return False
+        narrator.verdict(title, True, checked)
+    return True
+
+
+def tear_down(narrator: Narrator, lan: Lan, nodes: list[Node]) -> bool:
+    narrator.step("teardown")
+    in_parallel([node.stop for node in nodes])
+    left = lan.tear_down()
+    ours = [n for n in listed_namespaces() if lan.tag in n]
+    done = not left and not ours and not lan.workdir.exists()
+    narrator.verdict(
+        "teardown",
+        done,
+        f"{len(nodes)} nodes stopped, {len(lan.created)} namespaces deleted with the bridge "
+        f"and veths (none of ours in `ip netns list`: {not ours}), {lan.workdir} removed: "
+        f"{not lan.workdir.exists()}",
+    )
+    return done
+
+
+def keep(narrator: Narrator, lan: Lan, nodes: list[Node]) -> None:
+    narrator.step("--keep: everything left running")
+    for node in nodes:
+        pid = node.process.pid if node.process else None
+        narrator.say(
+            f"{node.name}: pid {pid}; try: ip netns exec {node.namespace} "
+            f"{node.python} -m s2s_node.cli peers --data-dir {node.data_dir}"
+        )
+    pids = " ".join(str(n.process.pid) for n in nodes if n.process)
+    narrator.say(
+        f"clean up: kill {pids}; for n in {' '.join(lan.created)}; do ip netns del $n; done"
+    )
+    narrator.say(f"          rm -rf {lan.workdir}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="Run as root. Exit status: 0 every step verified, 1 a step failed, 2 cannot run.",
+    )
+    parser.add_argument("--nodes", type=int, default=3, help=f"how many nodes (>= {MIN_NODES})")
+    parser.add_argument("--keep", action="store_true", help="leave everything running at the end")
+    parser.add_argument("--verbose", action="store_true", help="show the nodes' logs as they come")
+    args = parser.parse_args()
+    if args.nodes < MIN_NODES:
+        parser.error(f"--nodes must be at least {MIN_NODES}: strict, compatible and older-only")
+    reason = skip_reason()
+    if reason:
+        print(f"lan_demo: cannot run: {reason}", file=sys.stderr)
+        return 2
+
+    narrator = Narrator()
+    lan = Lan()
+    nodes: list[Node] = []
+    passed = False
+    try:
+        with signals_interrupt():
+            lan.workdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{lan.tag}-"))
+            passed = run_demo(args, narrator, lan, nodes)
+    except DemoInterruptError as exc:
+        narrator.say(f"interrupted by {exc}; tearing down")
+    except BaseException as exc:
+        narrator.say(f"error: {exc!r}; tearing down")
+        raise
+    finally:
+        ABORT.set()  # waits still running in other threads end at once
+        with signals_deferred():
+            if args.keep:
+                keep(narrator, lan, nodes)
+                torn_down = True
+            else:
+                torn_down = tear_down(narrator, lan, nodes)
+    ok = passed and torn_down
+    checks = len(narrator.results)
+    narrator.say("")
+    narrator.say(
+        f"{'ALL PASSED' if ok else 'FAILED'}: {sum(r[1] for r in narrator.results)} of {checks} "
+        f"checks passed in {narrator.elapsed():.1f} s"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
