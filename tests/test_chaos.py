@@ -1,0 +1,119 @@
+"""Chaos: 3-5 in-process nodes over real loopback HTTP, every directed link through a
+fault-injecting relay (partitions, loss, duplication, delays, reordering), random concurrent
+changes on every node; after healing, every node holds the same events, extremities and
+current state, and every event the API returned. The scenario is tests/chaos_cluster.py; the
+relay tests/chaos_proxy.py; the long version scripts/chaos_soak.py (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from pathlib import Path
+
+import pytest
+import trio
+from chaos_cluster import ChaosSettings, NodeView, compare_views, run_chaos
+from chaos_proxy import ChaosLink, Faults
+from node_fixtures import address_of, start_node
+
+from s2s_node.core.ids import EventId
+
+CI_SEEDS = range(1, 11)
+
+
+@pytest.mark.parametrize("seed", CI_SEEDS)
+async def test_three_nodes_converge_after_chaos(tmp_path: Path, seed: int) -> None:
+    with trio.fail_after(60):
+        result = await run_chaos(seed, tmp_path, ChaosSettings(nodes=3, seconds=1.0))
+    assert result.converged, result.summary() + f" {result.problems}"
+    # the run did what it claims: changes were acknowledged and faults were injected
+    assert result.acknowledged > 20
+    assert result.faults["requests"] > 20
+    injected = ("refused", "dropped_requests", "dropped_answers", "duplicated", "held")
+    assert sum(result.faults[k] for k in injected) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(100, 110))
+async def test_five_nodes_converge_after_longer_chaos(tmp_path: Path, seed: int) -> None:
+    with trio.fail_after(180):
+        result = await run_chaos(seed, tmp_path, ChaosSettings(nodes=5, seconds=8.0))
+    assert result.converged, result.summary() + f" {result.problems}"
+
+
+def test_compare_views_reports_every_kind_of_difference() -> None:
+    """The convergence check can fail: missing events, extremities, state, lost acks."""
+    a = NodeView(
+        events={"$1": "accepted", "$2": "accepted"},
+        extremities=frozenset({"$2"}),
+        state={("m.room.topic", ""): "$2"},
+    )
+    same = NodeView(events=dict(a.events), extremities=a.extremities, state=dict(a.state))
+    assert compare_views([a, same], {"$1", "$2"}) == []
+    behind = NodeView(
+        events={"$1": "accepted"}, extremities=frozenset({"$1"}), state={("m.room.topic", ""): "$1"}
+    )
+    problems = compare_views([a, behind], {"$1", "$2"})
+    assert [p.split(":")[0] for p in problems] == [
+        "events",
+        "extremities",
+        "state",
+        "node1 lacks 1 acknowledged events",
+    ]
+    rejected = NodeView(
+        events={"$1": "accepted", "$2": "rejected"}, extremities=a.extremities, state=dict(a.state)
+    )
+    assert "node1 lacks 1 acknowledged events" in compare_views([a, rejected], {"$2"})
+
+
+async def test_the_relay_injects_each_fault(tmp_path: Path) -> None:
+    """Each fault of the relay does what it says to a real node's /send (seeded, so exact)."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with contextlib.AsyncExitStack() as stack:
+                a = await start_node(stack, tmp_path / "a")
+                b = await start_node(stack, tmp_path / "b")
+                real = address_of(b)
+                link = ChaosLink(name="a->b", upstream=(real.host, real.port), rng=random.Random(1))
+                port = await nursery.start(link.run)
+                await a.add_peer_address(b.identifier, "127.0.0.1", port)
+                await b.add_peer_address(a.identifier, *_hostport(a))
+                room = await a.create_room(room_type="support.feline.s2s", invite=[b.server_user])
+                await b.join(room, via=a.identifier)
+
+                async def delivered(event_id: EventId) -> bool:
+                    return await b.rooms.known_events(room, [event_id]) == {event_id}
+
+                # partition: nothing gets through, the sender keeps it queued
+                link.faults = Faults(partitioned=True)
+                cut = await a.send_event(room, "m.test", {"n": 1})
+                await trio.sleep(0.5)
+                assert not await delivered(cut.event_id)
+                assert link.stats["refused"] > 0
+                # held and reordered: acknowledged by the relay, delivered on release
+                link.faults = Faults(reorder=1.0, replay=1.0)
+                a.wake(b.identifier)
+                while link.stats["held"] == 0:
+                    await trio.sleep(0.02)
+                await link.flush()
+                assert await delivered(cut.event_id)
+                assert link.stats["replayed"] > 0 and link.stats["released"] >= 2
+                # lost answers and duplicates: b processed it, a retries, b deduplicates
+                link.faults = Faults(drop_answer=1.0, duplicate=1.0)
+                lost = await a.send_event(room, "m.test", {"n": 2})
+                while not await delivered(lost.event_id):
+                    await trio.sleep(0.02)
+                assert link.stats["dropped_answers"] > 0 and link.stats["duplicated"] > 0
+                link.faults = Faults()
+                a.wake(b.identifier)
+                while await a.astore.read(lambda s: s.outbound.pending_count(b.identifier)):
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+
+
+def _hostport(node: object) -> tuple[str, int]:
+    from s2s_node.node import Node
+
+    assert isinstance(node, Node)
+    address = address_of(node)
+    return address.host, address.port
