@@ -446,11 +446,8 @@ class Demo:
             a, b = in_parallel(
                 [lambda: self.state_ids(0, room_id), lambda: self.state_ids(1, room_id)]
             )
-            both_sides = ("org.example.side", cut.name) in a and (
-                "org.example.side",
-                other.name,
-            ) in a
-            return a if a == b and both_sides else None
+            sides = {("org.example.side", cut.name), ("org.example.side", other.name)}
+            return a if a == b and sides <= a.keys() else None
 
         state, waited = wait_until(
             converged,
@@ -464,6 +461,17 @@ class Demo:
         self.narrator.say(
             f"converged after {waited:.1f} s: {len(state)} state entries identical on both, "
             f"both org.example.side events present, topic resolved to {winner['topic']!r}"
+        )
+        _, healed = wait_until(
+            lambda: (
+                not self.is_peer_down(0, other.identifier)
+                and not self.is_peer_down(1, cut.identifier)
+            ),
+            timeout=DISCOVERY_TIMEOUT_S,
+            what=f"{cut.name} and {other.name} to list each other alive again",
+        )
+        self.narrator.say(
+            f"{cut.name} and {other.name} list each other alive again ({healed:.1f} s more)"
         )
         return (
             f"with the link down both sides changed the topic and their states differed; after "
@@ -679,14 +687,16 @@ def main() -> int:
         return 2
 
     narrator = Narrator()
+    narrator.start(f"s2s-node LAN demo: {args.nodes} nodes")
     lan = Lan()
     nodes: list[Node] = []
-    passed = False
+    passed = interrupted = False
     try:
         with signals_interrupt():
             lan.workdir = Path(tempfile.mkdtemp(prefix=f"{PREFIX}-{lan.tag}-"))
             passed = run_demo(args, narrator, lan, nodes)
     except DemoInterruptError as exc:
+        interrupted = True
         narrator.say(f"interrupted by {exc}; tearing down")
     except BaseException as exc:
         narrator.say(f"error: {exc!r}; tearing down")
@@ -700,11 +710,13 @@ def main() -> int:
             else:
                 torn_down = tear_down(narrator, lan, nodes)
     ok = passed and torn_down
-    checks = len(narrator.results)
+    verdict = "ALL PASSED" if ok else "INTERRUPTED" if interrupted else "FAILED"
+    steps = [r for r in narrator.results if r[0] != "teardown"]
+    teardown = "skipped (--keep)" if args.keep else "PASS" if torn_down else "FAIL"
     narrator.say("")
     narrator.say(
-        f"{'ALL PASSED' if ok else 'FAILED'}: {sum(r[1] for r in narrator.results)} of {checks} "
-        f"checks passed in {narrator.elapsed():.1f} s"
+        f"{verdict}: {sum(r[1] for r in steps)} of {len(STEPS) + 1} steps passed (setup "
+        f"included), teardown {teardown}; {narrator.elapsed():.1f} s"
     )
     return 0 if ok else 1
 

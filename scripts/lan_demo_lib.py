@@ -92,6 +92,10 @@ class Narrator:
         with self.lock:
             print(f"[{self.elapsed():6.2f}s] {text}", file=self.out, flush=True)
 
+    def start(self, title: str) -> None:
+        wall = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        self.say(f"{title} (t=0 is {wall} local time, as in the nodes' logs)")
+
     def step(self, title: str) -> None:
         self.say("")
         self.say(f"== {title}")
