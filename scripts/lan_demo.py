@@ -455,12 +455,18 @@ class Demo:
             what=f"{cut.name} and {other.name} to converge",
             interval=0.3,
         )
+        dags, _ = wait_until(
+            lambda: self.same_dag(0, 1, room_id),
+            timeout=DELIVERY_TIMEOUT_S,
+            what=f"{cut.name} and {other.name} to hold the same events",
+        )
         winner = self.state_content(0, room_id, "m.room.topic", "")
         check(winner == self.state_content(1, room_id, "m.room.topic", ""), "topics differ")
         check(winner in ({"topic": t} for t in topics.values()), f"resolved topic {winner}")
         self.narrator.say(
             f"converged after {waited:.1f} s: {len(state)} state entries identical on both, "
-            f"both org.example.side events present, topic resolved to {winner['topic']!r}"
+            f"both org.example.side events present, topic resolved to {winner['topic']!r}; "
+            f"both hold the same {dags} accepted events"
         )
         _, healed = wait_until(
             lambda: (
@@ -476,8 +482,19 @@ class Demo:
         return (
             f"with the link down both sides changed the topic and their states differed; after "
             f"healing, `state --json` of {cut.name} and {other.name} is identical "
-            f"({len(state)} entries, same event IDs) within {waited:.1f} s"
+            f"({len(state)} entries, same event IDs) within {waited:.1f} s, and so are their "
+            f"DAGs ({dags} accepted events)"
         )
+
+    def same_dag(self, i: int, j: int, room_id: str) -> int | None:
+        """The number of accepted events if nodes i and j hold the same ones, else None."""
+        a, b = in_parallel(
+            [
+                functools.partial(self.dag_ids, i, room_id),
+                functools.partial(self.dag_ids, j, room_id),
+            ]
+        )
+        return len(a) if a == b else None
 
     def is_peer_down(self, i: int, identifier: str) -> bool:
         """Node i no longer lists the peer as alive (unreachable, or departed and gone)."""
