@@ -45,6 +45,15 @@ async def shared_room(tmp_path: Path, a: Node) -> str:
 
 
 async def test_sigkill_during_ingest_loses_no_acknowledged_transaction(tmp_path: Path) -> None:
+    await crash_during_ingest(tmp_path, kill_below=800)
+
+
+async def test_sigkill_during_sending_loses_no_acknowledged_event(tmp_path: Path) -> None:
+    await crash_during_sending(tmp_path, kill_after=300, seed=7)
+
+
+async def crash_during_ingest(tmp_path: Path, *, kill_below: int) -> None:
+    """b is killed once a's queue to it (1,000 events) is below `kill_below`."""
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
             a = await open_in_process(stack, tmp_path / "a")
@@ -55,7 +64,7 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_transaction(tmp_path:
             await a.add_peer_address(b.identifier, "127.0.0.1", b.port)
             while True:  # b is ingesting: some transactions answered, more to come
                 left = await pending(a, b.identifier)
-                if left <= 800:
+                if left <= kill_below:
                     break
                 await trio.sleep(0.005)
             await kill_and_reap(b)
@@ -74,7 +83,8 @@ async def test_sigkill_during_ingest_loses_no_acknowledged_transaction(tmp_path:
             nursery.cancel_scope.cancel()
 
 
-async def test_sigkill_during_sending_loses_no_acknowledged_event(tmp_path: Path) -> None:
+async def crash_during_sending(tmp_path: Path, *, kill_after: int, seed: int) -> None:
+    """b is killed after `kill_after` acknowledged sends, its link to a slow (seeded)."""
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
             a = await open_in_process(stack, tmp_path / "a")
@@ -84,7 +94,7 @@ async def test_sigkill_during_sending_loses_no_acknowledged_event(tmp_path: Path
             link = ChaosLink(
                 name="b->a",
                 upstream=(real.host, real.port),
-                rng=random.Random(7),
+                rng=random.Random(seed),
                 faults=Faults(delay=1.0, max_delay_s=0.2),
             )
             port = await nursery.start(link.run)
@@ -96,10 +106,10 @@ async def test_sigkill_during_sending_loses_no_acknowledged_event(tmp_path: Path
                 peers=[peer_of(a, port)],
             )
             await a.add_peer_address(b.identifier, "127.0.0.1", b.port)
-            await wait_lines(b, 300)
+            await wait_lines(b, kill_after)
             await kill_and_reap(b)
             acknowledged = b.acked()
-            assert 300 <= len(acknowledged) < 5000
+            assert kill_after <= len(acknowledged) < 5000
             queued = pending_in_db(tmp_path / "b", a.identifier)
             assert queued > 0  # killed with a non-empty outbound queue
             link.faults = Faults()
@@ -122,6 +132,10 @@ STAGES = [
 async def test_sigkill_during_an_upgrade_negotiation_finishes_the_upgrade(
     tmp_path: Path, stage: str
 ) -> None:
+    await crash_during_upgrade(tmp_path, stage)
+
+
+async def crash_during_upgrade(tmp_path: Path, stage: str) -> None:
     """The initiator dies right after committing its ack / the successor's create / the
     tombstone; restarted, it finishes: one successor, both nodes joined, old room tombstoned."""
     with trio.fail_after(90):

@@ -28,7 +28,6 @@ def check(result: LoadResult) -> None:
     assert result.rss_peak_kb - result.rss_baseline_kb < RSS_GROWTH_BOUND_KB, summary
     # back-pressure: more than a transaction's worth waited in some sender's persisted queue
     assert max(result.queued_max) > 50, summary
-    assert result.received_at_end < result.sent, summary
     # and it all arrives
     assert result.received_total == result.sent, summary
 
