@@ -2,7 +2,9 @@
 """The LAN demo: real `s2s-node run` processes in network namespaces on a bridge, driven only
 through the `s2s-node` command line, every step verified.
 
-Usage: `sudo scripts/lan_demo.py [--nodes N] [--keep] [--verbose]` (N >= 3, default 3).
+Usage: `sudo scripts/lan_demo.py [--nodes N] [--keep] [--verbose] [--partition-hold S]`
+(N >= 3, default 3). `--keep` leaves the namespaces and nodes running and prints how to reach
+and remove them; `--verbose` shows the nodes' logs as they come.
 
 Builds a LAN (a switch namespace holding a bridge; per node a namespace with a veth pair to the
 bridge and an address in 10.77.0.0/24), starts `s2s-node run` in each namespace (temporary data
@@ -77,8 +79,10 @@ JOIN_TIMEOUT_S = 15.0
 DELIVERY_TIMEOUT_S = 15.0
 CONVERGENCE_TIMEOUT_S = 30.0
 CATCH_UP_TIMEOUT_S = 30.0
-# How long the cable stays out after both sides changed the room (long enough for each side's
-# attempt to deliver to fail and for discovery's probes to notice).
+# How long the cable stays out after both sides changed the room: long enough for each side's
+# attempt to deliver to fail and for discovery's probes to mark the other side unreachable.
+# From about 10 s on, the peers also depart and must be found again by mDNS after healing
+# (`--partition-hold 10` shows that; it adds its length to the demo).
 PARTITION_HOLD_S = 2.0
 
 
@@ -98,6 +102,7 @@ class Demo:
     nodes: list[Node]
     rooms: dict[tuple[int, int], str] = field(default_factory=dict)
     upgraded_room: str = ""
+    partition_hold_s: float = PARTITION_HOLD_S
 
     # -- small readers over the command line
 
@@ -426,7 +431,7 @@ class Demo:
         seen = {i: self.state_content(i, room_id, "m.room.topic", "") for i in (0, 1)}
         for i in (0, 1):
             check(seen[i] == {"topic": topics[i]}, f"{self.name(i)}'s topic is {seen[i]}")
-        time.sleep(PARTITION_HOLD_S)
+        time.sleep(self.partition_hold_s)
         before = [self.state_ids(i, room_id) for i in (0, 1)]
         check(before[0] != before[1], "the two sides did not diverge")
         check(
@@ -437,7 +442,7 @@ class Demo:
         self.narrator.say(
             f"diverged: {cut.name} sees topic {seen[0]['topic']!r}, {other.name} sees "
             f"{seen[1]['topic']!r}; neither has the other's org.example.side "
-            f"(cut held {PARTITION_HOLD_S:.0f} s)"
+            f"(cut held {self.partition_hold_s:g} s)"
         )
         self.lan.set_port(0, up=True)
         self.narrator.say(f"plugged {cut.name}'s cable back in")
@@ -627,7 +632,7 @@ def set_up(args: argparse.Namespace, narrator: Narrator, lan: Lan, nodes: list[N
 
 def run_demo(args: argparse.Namespace, narrator: Narrator, lan: Lan, nodes: list[Node]) -> bool:
     """Every step in order; stops at the first that fails. True if all passed."""
-    demo = Demo(narrator=narrator, lan=lan, nodes=nodes)
+    demo = Demo(narrator=narrator, lan=lan, nodes=nodes, partition_hold_s=args.partition_hold)
     steps: list[tuple[str, Callable[[], str]]] = [
         ("0 setup", functools.partial(set_up, args, narrator, lan, nodes)),
         *((title, functools.partial(step, demo)) for title, step in STEPS),
@@ -648,6 +653,8 @@ def run_demo(args: argparse.Namespace, narrator: Narrator, lan: Lan, nodes: list
             narrator.verdict(title, False, f"{type(exc).__name__}: {exc}")
             if not args.verbose:
                 for node in nodes:
+                    if node.process is not None and node.process.poll() is not None:
+                        narrator.say(f"{node.name}'s process exited ({node.process.returncode})")
                     narrator.say(f"--- last lines of {node.name}'s log ({node.log_path}):")
                     for line in node.log_tail(12).splitlines():
                         narrator.say(f"  {node.name}| {line}")
@@ -694,6 +701,13 @@ def main() -> int:
     )
     parser.add_argument("--nodes", type=int, default=3, help=f"how many nodes (>= {MIN_NODES})")
     parser.add_argument("--keep", action="store_true", help="leave everything running at the end")
+    parser.add_argument(
+        "--partition-hold",
+        type=float,
+        default=PARTITION_HOLD_S,
+        metavar="S",
+        help=f"seconds the cable stays out in step 6 (default {PARTITION_HOLD_S:g})",
+    )
     parser.add_argument("--verbose", action="store_true", help="show the nodes' logs as they come")
     args = parser.parse_args()
     if args.nodes < MIN_NODES:
