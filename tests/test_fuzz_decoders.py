@@ -37,6 +37,7 @@ from s2s_node.core.ingest import Verdict, ingest_create_event, ingest_pdu
 from s2s_node.core.negotiation_messages import (
     Accept,
     Ack,
+    ContentReason,
     Fail,
     FailError,
     MessageKind,
@@ -472,6 +473,16 @@ negotiation_content = st.dictionaries(
 def test_parse_message_raises_only_content_error(event_type: str, content: Any) -> None:
     with contextlib.suppress(NegotiationContentError):
         parse_message(event_type, content)
+
+
+@pytest.mark.parametrize("room_type", [[], {}, ["m.s2s"], 1, True])
+def test_proposal_with_a_room_type_of_another_type_is_bad_room_type(room_type: Any) -> None:
+    # Found by the fuzzer: a list or object as room_type raised TypeError (unhashable, in a
+    # set lookup) out of parse_message, which the receive path does not catch.
+    content = {"versions": {"11": 1}, "room_type": room_type}
+    with pytest.raises(NegotiationContentError) as info:
+        parse_message(MessageKind.PROPOSAL.value, content)
+    assert info.value.reason is ContentReason.BAD_ROOM_TYPE
 
 
 rating_maps = st.dictionaries(st.sampled_from(["10", "11", "12", "org.x.1"]), st.integers(1, 9))

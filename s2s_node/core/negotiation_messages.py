@@ -229,7 +229,10 @@ def parse_versions(value: object, *, allow_empty: bool) -> Mapping[str, int]:
 def parse_proposal(content: Mapping[str, Any]) -> Proposal:
     _check_keys(content, {"versions"}, {"room_type"})
     room_type = content.get("room_type")
-    if room_type is not None and room_type not in S2S_ROOM_TYPES:
+    # Type first: an unhashable value (a list, an object) in a set lookup is a TypeError.
+    if room_type is not None and (
+        not isinstance(room_type, str) or room_type not in S2S_ROOM_TYPES
+    ):
         raise NegotiationContentError(
             ContentReason.BAD_ROOM_TYPE, "room_type must be m.s2s or support.feline.s2s"
         )
