@@ -60,11 +60,12 @@ from lan_demo_lib import (  # the sibling module, through sys.path
     Node,
     WaitTimeoutError,
     in_parallel,
-    listed_namespaces,
+    keep,
     node_python,
     signals_deferred,
     signals_interrupt,
     skip_reason,
+    tear_down,
     wait_until,
 )
 
@@ -101,7 +102,6 @@ class Demo:
     lan: Lan
     nodes: list[Node]
     rooms: dict[tuple[int, int], str] = field(default_factory=dict)
-    upgraded_room: str = ""
     partition_hold_s: float = PARTITION_HOLD_S
 
     # -- small readers over the command line
@@ -109,43 +109,13 @@ class Demo:
     def name(self, i: int) -> str:
         return self.nodes[i].name
 
-    def peers(self, i: int) -> dict[str, dict[str, Any]]:
-        return {p["identifier"]: p for p in self.nodes[i].cli_json("peers")}
-
-    def joined_room(self, i: int, room_id: str) -> dict[str, Any] | None:
-        for room in self.nodes[i].cli_json("rooms"):
-            if room["room_id"] == room_id and len(room["joined_members"]) == 2:
-                return dict(room)
-        return None
-
-    def state_content(self, i: int, room_id: str, event_type: str, key: str) -> Any:
-        """The content of one state event at node i, or None if it has none."""
-        result = self.nodes[i].cli("state", room_id, event_type, key, "--json")
-        return json.loads(result.stdout) if result.returncode == 0 else None
-
-    def state_ids(self, i: int, room_id: str) -> dict[tuple[str, str], str]:
-        """Node i's current state of the room: (type, state_key) -> event ID."""
-        events = self.nodes[i].cli_json("state", room_id)
-        return {(e["type"], e["state_key"]): e["event_id"] for e in events}
-
-    def dag_ids(self, i: int, room_id: str) -> set[str]:
-        """The IDs of the accepted events node i holds in the room."""
-        dag = self.nodes[i].cli_json("dag", room_id, "--format", "json")
-        return {n["id"] for n in dag["nodes"] if n["status"] == "accepted"}
-
     def has_events(
         self, i: int, room_id: str, key: str, content: dict[str, Any], message: str
     ) -> bool:
         """Node i holds org.example.hello/`key` with `content` and the message `message`."""
-        return self.state_content(
-            i, room_id, "org.example.hello", key
-        ) == content and message in self.dag_ids(i, room_id)
-
-    def send(self, i: int, room_id: str, event_type: str, content: Any, key: str | None) -> str:
-        args = ["send", room_id, event_type, json.dumps(content)]
-        if key is not None:
-            args += ["--state-key", key]
-        return str(self.nodes[i].cli_json(*args)["event_id"])
+        return self.nodes[i].state_content(
+            room_id, "org.example.hello", key
+        ) == content and message in self.nodes[i].dag_ids(room_id)
 
     # -- the steps
 
@@ -154,7 +124,7 @@ class Demo:
 
         def all_verified(i: int) -> Callable[[], dict[str, dict[str, Any]] | None]:
             def probe() -> dict[str, dict[str, Any]] | None:
-                peers = self.peers(i)
+                peers = self.nodes[i].peers()
                 others = [n for n in self.nodes if n.index != i]
                 ok = all(
                     n.identifier in peers
@@ -210,7 +180,7 @@ class Demo:
             )
             self.narrator.say(f"{self.name(i)} opened {room_id} with {self.name(j)}")
             room, waited = wait_until(
-                lambda: self.joined_room(j, room_id),
+                lambda: self.nodes[j].joined_room(room_id),
                 timeout=JOIN_TIMEOUT_S,
                 what=f"{self.name(j)} to join {room_id}",
             )
@@ -245,9 +215,9 @@ class Demo:
             for sender, receiver in (pair, pair[::-1]):
                 content = {"text": f"hello from {self.name(sender)} to {self.name(receiver)}"}
                 key = self.name(sender)
-                self.send(sender, room_id, "org.example.hello", content, key)
-                ping = self.send(
-                    sender, room_id, "org.example.ping", {"from": self.name(sender)}, None
+                self.nodes[sender].send(room_id, "org.example.hello", content, key)
+                ping = self.nodes[sender].send(
+                    room_id, "org.example.ping", {"from": self.name(sender)}, None
                 )
                 sent.append((sender, receiver, key, content, ping))
             for sender, receiver, key, content, ping in sent:
@@ -360,12 +330,12 @@ class Demo:
             f"(older-only: 11,10) agreed on {outcome['version']}: upgraded to {new_room}"
         )
         room, waited = wait_until(
-            lambda: self.joined_room(older_only, new_room),
+            lambda: self.nodes[older_only].joined_room(new_room),
             timeout=JOIN_TIMEOUT_S,
             what=f"{follower.name} to follow the upgrade",
         )
         check(room["room_version"] == "11", f"successor version {room['room_version']}")
-        tombstone = self.state_content(older_only, room_id, "m.room.tombstone", "")
+        tombstone = self.nodes[older_only].state_content(room_id, "m.room.tombstone", "")
         check(
             isinstance(tombstone, dict) and tombstone.get("replacement_room") == new_room,
             f"tombstone at {follower.name}: {tombstone}",
@@ -374,7 +344,6 @@ class Demo:
             f"{follower.name} saw the tombstone and joined {new_room[:12]}... (version 11) "
             f"after {waited:.1f} s"
         )
-        self.upgraded_room = new_room
         self.rooms[(compatible, older_only)] = new_room
 
         strict = self.nodes[0]
@@ -425,14 +394,14 @@ class Demo:
         topics = {}
         for i in (0, 1):
             topic = f"topic set by {self.name(i)} during the partition"
-            self.send(i, room_id, "m.room.topic", {"topic": topic}, "")
-            self.send(i, room_id, "org.example.side", {"by": self.name(i)}, self.name(i))
+            self.nodes[i].send(room_id, "m.room.topic", {"topic": topic}, "")
+            self.nodes[i].send(room_id, "org.example.side", {"by": self.name(i)}, self.name(i))
             topics[i] = topic
-        seen = {i: self.state_content(i, room_id, "m.room.topic", "") for i in (0, 1)}
+        seen = {i: self.nodes[i].state_content(room_id, "m.room.topic", "") for i in (0, 1)}
         for i in (0, 1):
             check(seen[i] == {"topic": topics[i]}, f"{self.name(i)}'s topic is {seen[i]}")
         time.sleep(self.partition_hold_s)
-        before = [self.state_ids(i, room_id) for i in (0, 1)]
+        before = [self.nodes[i].state_ids(room_id) for i in (0, 1)]
         check(before[0] != before[1], "the two sides did not diverge")
         check(
             ("org.example.side", other.name) not in before[0]
@@ -449,7 +418,7 @@ class Demo:
 
         def converged() -> dict[tuple[str, str], str] | None:
             a, b = in_parallel(
-                [lambda: self.state_ids(0, room_id), lambda: self.state_ids(1, room_id)]
+                [lambda: self.nodes[0].state_ids(room_id), lambda: self.nodes[1].state_ids(room_id)]
             )
             sides = {("org.example.side", cut.name), ("org.example.side", other.name)}
             return a if a == b and sides <= a.keys() else None
@@ -465,8 +434,8 @@ class Demo:
             timeout=DELIVERY_TIMEOUT_S,
             what=f"{cut.name} and {other.name} to hold the same events",
         )
-        winner = self.state_content(0, room_id, "m.room.topic", "")
-        check(winner == self.state_content(1, room_id, "m.room.topic", ""), "topics differ")
+        winner = self.nodes[0].state_content(room_id, "m.room.topic", "")
+        check(winner == self.nodes[1].state_content(room_id, "m.room.topic", ""), "topics differ")
         check(winner in ({"topic": t} for t in topics.values()), f"resolved topic {winner}")
         self.narrator.say(
             f"converged after {waited:.1f} s: {len(state)} state entries identical on both, "
@@ -475,8 +444,8 @@ class Demo:
         )
         _, healed = wait_until(
             lambda: (
-                not self.is_peer_down(0, other.identifier)
-                and not self.is_peer_down(1, cut.identifier)
+                not self.nodes[0].is_peer_down(other.identifier)
+                and not self.nodes[1].is_peer_down(cut.identifier)
             ),
             timeout=DISCOVERY_TIMEOUT_S,
             what=f"{cut.name} and {other.name} to list each other alive again",
@@ -495,16 +464,11 @@ class Demo:
         """The number of accepted events if nodes i and j hold the same ones, else None."""
         a, b = in_parallel(
             [
-                functools.partial(self.dag_ids, i, room_id),
-                functools.partial(self.dag_ids, j, room_id),
+                functools.partial(self.nodes[i].dag_ids, room_id),
+                functools.partial(self.nodes[j].dag_ids, room_id),
             ]
         )
         return len(a) if a == b else None
-
-    def is_peer_down(self, i: int, identifier: str) -> bool:
-        """Node i no longer lists the peer as alive (unreachable, or departed and gone)."""
-        peer = self.peers(i).get(identifier)
-        return peer is None or not peer["alive"]
 
     def step_crash(self) -> str:
         victim = self.nodes[1]
@@ -513,7 +477,7 @@ class Demo:
         victim.kill()
         self.narrator.say(f"SIGKILLed {victim.name} (pid {old_pid})")
         _, waited = wait_until(
-            functools.partial(self.is_peer_down, 0, victim.identifier),
+            functools.partial(self.nodes[0].is_peer_down, victim.identifier),
             timeout=DELIVERY_TIMEOUT_S,
             what=f"{self.name(0)} to notice {victim.name} is gone",
         )
@@ -524,8 +488,8 @@ class Demo:
         sent: list[tuple[int, str, str]] = []  # sender, room, message id
         for pair, sender in (((0, 1), 0), ((1, 2 % count), 2 % count)):
             room_id = self.rooms[pair]
-            self.send(sender, room_id, "org.example.note", {"by": self.name(sender)}, key)
-            message = self.send(sender, room_id, "org.example.ping", {"n": 2}, None)
+            self.nodes[sender].send(room_id, "org.example.note", {"by": self.name(sender)}, key)
+            message = self.nodes[sender].send(room_id, "org.example.ping", {"n": 2}, None)
             sent.append((sender, room_id, message))
             self.narrator.say(
                 f"{self.name(sender)} sent org.example.note/{key} and message {message[:12]}... "
@@ -540,8 +504,9 @@ class Demo:
 
         def caught_up() -> bool:
             return all(
-                self.state_content(1, room_id, "org.example.note", key) == {"by": self.name(s)}
-                and message in self.dag_ids(1, room_id)
+                self.nodes[1].state_content(room_id, "org.example.note", key)
+                == {"by": self.name(s)}
+                and message in self.nodes[1].dag_ids(room_id)
                 for s, room_id, message in sent
             )
 
@@ -550,7 +515,7 @@ class Demo:
         )
         for sender, room_id, _ in sent:
             check(
-                self.state_ids(1, room_id) == self.state_ids(sender, room_id),
+                self.nodes[1].state_ids(room_id) == self.nodes[sender].state_ids(room_id),
                 f"{victim.name} and {self.name(sender)} differ on {room_id}",
             )
         self.narrator.say(
@@ -661,37 +626,6 @@ def run_demo(args: argparse.Namespace, narrator: Narrator, lan: Lan, nodes: list
             return False
         narrator.verdict(title, True, checked)
     return True
-
-
-def tear_down(narrator: Narrator, lan: Lan, nodes: list[Node]) -> bool:
-    narrator.step("teardown")
-    in_parallel([node.stop for node in nodes])
-    left = lan.tear_down()
-    ours = [n for n in listed_namespaces() if lan.tag in n]
-    done = not left and not ours and not lan.workdir.exists()
-    narrator.verdict(
-        "teardown",
-        done,
-        f"{len(nodes)} nodes stopped, {len(lan.created)} namespaces deleted with the bridge "
-        f"and veths (none of ours in `ip netns list`: {not ours}), {lan.workdir} removed: "
-        f"{not lan.workdir.exists()}",
-    )
-    return done
-
-
-def keep(narrator: Narrator, lan: Lan, nodes: list[Node]) -> None:
-    narrator.step("--keep: everything left running")
-    for node in nodes:
-        pid = node.process.pid if node.process else None
-        narrator.say(
-            f"{node.name}: pid {pid}; try: ip netns exec {node.namespace} "
-            f"{node.python} -m s2s_node.cli peers --data-dir {node.data_dir}"
-        )
-    pids = " ".join(str(n.process.pid) for n in nodes if n.process)
-    narrator.say(
-        f"clean up: kill {pids}; for n in {' '.join(lan.created)}; do ip netns del $n; done"
-    )
-    narrator.say(f"          rm -rf {lan.workdir}")
 
 
 def main() -> int:

@@ -337,6 +337,46 @@ class Node:
             )
         return json.loads(result.stdout)
 
+    # -- what the demo reads and writes through it
+
+    def peers(self) -> dict[str, dict[str, Any]]:
+        """`peers --json` by identifier."""
+        return {p["identifier"]: p for p in self.cli_json("peers")}
+
+    def joined_room(self, room_id: str) -> dict[str, Any] | None:
+        """The `rooms --json` entry of the room once both server users joined it, else None."""
+        for room in self.cli_json("rooms"):
+            if room["room_id"] == room_id and len(room["joined_members"]) == 2:
+                return dict(room)
+        return None
+
+    def state_content(self, room_id: str, event_type: str, key: str) -> Any:
+        """The content of one state event, or None if the node has none."""
+        result = self.cli("state", room_id, event_type, key, "--json")
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def state_ids(self, room_id: str) -> dict[tuple[str, str], str]:
+        """The room's current state here: (type, state_key) -> event ID."""
+        events = self.cli_json("state", room_id)
+        return {(e["type"], e["state_key"]): e["event_id"] for e in events}
+
+    def dag_ids(self, room_id: str) -> set[str]:
+        """The IDs of the accepted events the node holds in the room (`dag --format json`)."""
+        dag = self.cli_json("dag", room_id, "--format", "json")
+        return {n["id"] for n in dag["nodes"] if n["status"] == "accepted"}
+
+    def is_peer_down(self, identifier: str) -> bool:
+        """The node no longer lists the peer as alive (unreachable, or departed and gone)."""
+        peer = self.peers().get(identifier)
+        return peer is None or not peer["alive"]
+
+    def send(self, room_id: str, event_type: str, content: Any, key: str | None) -> str:
+        """`send` (a state event with `key`); the event ID."""
+        args = ["send", room_id, event_type, json.dumps(content)]
+        if key is not None:
+            args += ["--state-key", key]
+        return str(self.cli_json(*args)["event_id"])
+
 
 def in_parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
     """Run `calls` in threads (each is a subprocess wait) and return their results in order;
@@ -358,6 +398,41 @@ def in_parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
     if errors:
         raise errors[0]
     return results
+
+
+# ---------------------------------------------------------------------------------------------
+# The end
+
+
+def tear_down(narrator: Narrator, lan: Lan, nodes: list[Node]) -> bool:
+    narrator.step("teardown")
+    in_parallel([node.stop for node in nodes])
+    left = lan.tear_down()
+    ours = [n for n in listed_namespaces() if lan.tag in n]
+    done = not left and not ours and not lan.workdir.exists()
+    narrator.verdict(
+        "teardown",
+        done,
+        f"{len(nodes)} nodes stopped, {len(lan.created)} namespaces deleted with the bridge "
+        f"and veths (none of ours in `ip netns list`: {not ours}), {lan.workdir} removed: "
+        f"{not lan.workdir.exists()}",
+    )
+    return done
+
+
+def keep(narrator: Narrator, lan: Lan, nodes: list[Node]) -> None:
+    narrator.step("--keep: everything left running")
+    for node in nodes:
+        pid = node.process.pid if node.process else None
+        narrator.say(
+            f"{node.name}: pid {pid}; try: ip netns exec {node.namespace} "
+            f"{node.python} -m s2s_node.cli peers --data-dir {node.data_dir}"
+        )
+    pids = " ".join(str(n.process.pid) for n in nodes if n.process)
+    narrator.say(
+        f"clean up: kill {pids}; for n in {' '.join(lan.created)}; do ip netns del $n; done"
+    )
+    narrator.say(f"          rm -rf {lan.workdir}")
 
 
 @contextlib.contextmanager
