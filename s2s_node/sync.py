@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from s2s_node.core.auth import StateKey
-from s2s_node.core.canonical import JsonDict
+from s2s_node.core.canonical import JsonDict, encode_canonical_json
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId, RoomId
 from s2s_node.core.room import EventStatus, RoomGraph
@@ -45,6 +45,10 @@ logger = logging.getLogger(__name__)
 
 # Stream entries kept in memory; a `since` older than that gets an initial-style answer.
 STREAM_MEMORY = 50_000
+# ...and at most about this many bytes of them (their canonical JSON; Python objects take a
+# few times more): 50,000 events of up to 64 KiB would otherwise be gigabytes a peer could
+# make the node hold (found by tests/test_load.py; docs/reliability.md).
+STREAM_MEMORY_BYTES = 16 * 1024 * 1024
 # Timeline events per room in an initial sync, and at most per room in an incremental one.
 INITIAL_TIMELINE_LIMIT = 20
 INCREMENTAL_TIMELINE_LIMIT = 100
@@ -127,15 +131,20 @@ def parse_messages_token(token: str) -> int:
 class StreamEntry:
     position: int
     pdu: Pdu
+    size: int = 0  # bytes of its canonical JSON
 
 
 class EventStream:
     """Positions of the events the node accepted (and invites it received) since it started."""
 
-    def __init__(self, *, memory: int = STREAM_MEMORY) -> None:
+    def __init__(
+        self, *, memory: int = STREAM_MEMORY, memory_bytes: int = STREAM_MEMORY_BYTES
+    ) -> None:
         self.boot = secrets.token_hex(4)
         self.position = 0
         self._entries: collections.deque[StreamEntry] = collections.deque(maxlen=memory)
+        self._memory_bytes = memory_bytes
+        self.held_bytes = 0
         self._changed = trio.Event()
         self._delivered: collections.OrderedDict[str, frozenset[EventId]] = (
             collections.OrderedDict()
@@ -143,7 +152,14 @@ class EventStream:
 
     def append(self, pdu: Pdu) -> None:
         self.position += 1
-        self._entries.append(StreamEntry(self.position, pdu))
+        entries = self._entries
+        if len(entries) == entries.maxlen:
+            self.held_bytes -= entries[0].size  # the deque drops it
+        entry = StreamEntry(self.position, pdu, len(encode_canonical_json(pdu.json)))
+        entries.append(entry)
+        self.held_bytes += entry.size
+        while self.held_bytes > self._memory_bytes and len(entries) > 1:
+            self.held_bytes -= entries.popleft().size
         self._changed.set()
         self._changed = trio.Event()
 
@@ -166,6 +182,7 @@ class EventStream:
                 logger.warning("the sync stream fell behind; clients will resynchronise")
                 self.boot = secrets.token_hex(4)
                 self._entries.clear()
+                self.held_bytes = 0
                 subscription = subscribe()
 
     def token(self, position: int | None = None) -> str:
