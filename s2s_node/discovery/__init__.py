@@ -5,9 +5,9 @@ verifies a configured `host:port`. Design: DESIGN.md section 8.
 """
 
 from s2s_node.core.peers import ChangeKind, Liveness, Peer, PeerChange
+from s2s_node.discovery.changes import ChangeStream
 from s2s_node.discovery.mdns import RECORD_TTL_S, Interfaces
 from s2s_node.discovery.service import (
-    ChangeStream,
     Discovery,
     DiscoveryStats,
     DiscoveryTiming,

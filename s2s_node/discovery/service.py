@@ -37,6 +37,7 @@ from s2s_node.core.peers import (
     parse_instance_identifier,
 )
 from s2s_node.discovery.bridge import MdnsInbox, MdnsObservation
+from s2s_node.discovery.changes import ChangeStream, Subscribers
 from s2s_node.discovery.mdns import (
     Interfaces,
     MdnsService,
@@ -93,40 +94,6 @@ class DiscoveryStats:
     wake_errors: int = 0
 
 
-class ChangeStream:
-    """One subscriber's view of the peer changes (an async iterator, not a generator, so an
-    abandoned stream needs no finalizer)."""
-
-    def __init__(
-        self,
-        send: trio.MemorySendChannel[PeerChange],
-        receive: trio.MemoryReceiveChannel[PeerChange],
-        subscribers: set[trio.MemorySendChannel[PeerChange]],
-    ) -> None:
-        self._send = send
-        self._receive = receive
-        self._subscribers = subscribers
-
-    def __aiter__(self) -> ChangeStream:
-        return self
-
-    async def __anext__(self) -> PeerChange:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    def close(self) -> None:
-        self._subscribers.discard(self._send)
-        self._receive.close()
-
-    async def __aenter__(self) -> ChangeStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Dormant:
     advert: PeerAdvert
@@ -156,7 +123,7 @@ class Discovery:
         self._fetch = fetch
         self._on_wake = on_wake
         self._table = PeerTable(liveness=timing.liveness)
-        self._subscribers: set[trio.MemorySendChannel[PeerChange]] = set()
+        self._subscribers: Subscribers[PeerChange] = Subscribers(CHANGES_BUFFER)
         self._verifying: set[ServerName] = set()
         self._dormant: dict[ServerName, _Dormant] = {}
         self._nursery: trio.Nursery | None = None
@@ -182,16 +149,14 @@ class Discovery:
     def bridge_dropped(self) -> int:
         return self._inbox.dropped
 
-    def changes(self) -> ChangeStream:
+    def changes(self) -> ChangeStream[PeerChange]:
         """Every change from now on, in order: `async for change in discovery.changes()`.
 
         The stream ends when discovery closes; `close()` it (or use `async with`) to stop
         earlier. A subscriber more than CHANGES_BUFFER changes behind loses the newest ones
         (counted in `stats.changes_dropped`).
         """
-        send, receive = trio.open_memory_channel[PeerChange](CHANGES_BUFFER)
-        self._subscribers.add(send)
-        return ChangeStream(send, receive, self._subscribers)
+        return self._subscribers.subscribe()
 
     # -- emitting --------------------------------------------------------------------------
 
@@ -199,24 +164,13 @@ class Discovery:
         if change is None:
             return
         logger.info("peer %s %s", change.peer.identifier, change.kind.value)
-        for send in list(self._subscribers):
-            try:
-                send.send_nowait(change)
-            except trio.WouldBlock:
-                self.stats.changes_dropped += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.discard(send)
+        self.stats.changes_dropped += self._subscribers.publish(change)
         if change.wake and self._on_wake is not None:
             try:
                 self._on_wake(change.peer.identifier)
             except Exception:
                 self.stats.wake_errors += 1
                 logger.exception("on_wake(%s) failed", change.peer.identifier)
-
-    def _close_subscribers(self) -> None:
-        for send in self._subscribers:
-            send.close()
-        self._subscribers.clear()
 
     # -- mDNS ------------------------------------------------------------------------------
 
@@ -447,4 +401,4 @@ async def open_discovery(
                     yield discovery
                     nursery.cancel_scope.cancel()
         finally:
-            discovery._close_subscribers()
+            discovery._subscribers.close()

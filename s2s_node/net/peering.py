@@ -34,6 +34,7 @@ from s2s_node.discovery import (
     verify_endpoint,
     verify_static_peer,
 )
+from s2s_node.discovery.changes import ChangeStream, Subscribers
 from s2s_node.discovery.verify import now_ms
 from s2s_node.net.peer_fetch import PeerFetcher
 from s2s_node.net.peers import PeerBook, parse_encodings
@@ -64,38 +65,9 @@ class PeeringTiming:
     discovery: DiscoveryTiming = field(default_factory=DiscoveryTiming)
 
 
-class PeerChangeStream:
-    """One subscriber's `PeerInfoChange`s, from subscription on (an async iterator); ends when
-    the node stops or `close()` is called."""
-
-    def __init__(
-        self,
-        send: trio.MemorySendChannel[PeerInfoChange],
-        receive: trio.MemoryReceiveChannel[PeerInfoChange],
-        subscribers: set[trio.MemorySendChannel[PeerInfoChange]],
-    ) -> None:
-        self._send = send
-        self._receive = receive
-        self._subscribers = subscribers
-
-    def __aiter__(self) -> PeerChangeStream:
-        return self
-
-    async def __anext__(self) -> PeerInfoChange:
-        try:
-            return await self._receive.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-
-    def close(self) -> None:
-        self._subscribers.discard(self._send)
-        self._receive.close()
-
-    async def __aenter__(self) -> PeerChangeStream:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
+# One subscriber's `PeerInfoChange`s, from subscription on (an async iterator); ends when the
+# node stops or `close()` is called.
+PeerChangeStream = ChangeStream[PeerInfoChange]
 
 
 class Peering:
@@ -128,7 +100,7 @@ class Peering:
         self._encodings = ("json", "cbor") if cbor else ("json",)
         self._room_versions = tuple(room_versions)
         self._static = PeerTable(liveness=STATIC_LIVENESS)
-        self._subscribers: set[trio.MemorySendChannel[PeerInfoChange]] = set()
+        self._subscribers: Subscribers[PeerInfoChange] = Subscribers(CHANGES_BUFFER)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -149,15 +121,11 @@ class Peering:
 
     def changes(self) -> PeerChangeStream:
         """Every change from now on: `async for change in node.peer_changes()`."""
-        send, receive = trio.open_memory_channel[PeerInfoChange](CHANGES_BUFFER)
-        self._subscribers.add(send)
-        return PeerChangeStream(send, receive, self._subscribers)
+        return self._subscribers.subscribe()
 
     def close(self) -> None:
         """End every change stream (the node is stopping)."""
-        for send in self._subscribers:
-            send.close()
-        self._subscribers.clear()
+        self._subscribers.close()
 
     def _info(self, peer: Peer, *, static: bool) -> PeerInfo:
         encrypted, pinned = self._channel_state(peer.identifier)
@@ -198,13 +166,7 @@ class Peering:
         else:
             logger.info("peer %s %s", change.kind.value, peer.identifier)
         item = PeerInfoChange(kind=change.kind, peer=self._info(peer, static=static))
-        for send in list(self._subscribers):
-            try:
-                send.send_nowait(item)
-            except trio.WouldBlock:
-                self.changes_dropped += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._subscribers.discard(send)
+        self.changes_dropped += self._subscribers.publish(item)
 
     # -- static peers ----------------------------------------------------------------------
 
