@@ -1,10 +1,11 @@
 """Verifying a peer at an address: fetch its key document and check it certifies the identifier.
 
-Owns: fetching `GET /_matrix/key/v2/server` over HTTP with httpcore (a deadline and a size cap
-on every fetch), and `verify_endpoint` / `verify_static_peer`, which turn whatever a fetcher
-returns or raises into an identifier or a typed `VerificationError`. The fetcher is injectable
-(the node may pass one that speaks TLS with its pinning). Must not: decide what to do with a
-failure (the discovery service counts and retries).
+Owns: fetching `GET /_matrix/key/v2/server` over HTTP with httpcore (`fetch_json`: a deadline
+and a size cap on every fetch; `net.peer_fetch` uses it over TLS too), and `verify_endpoint` /
+`verify_static_peer`, which turn whatever a fetcher returns or raises into an identifier or a
+typed `VerificationError`. The fetcher is injectable (the node passes one that speaks TLS with
+its pinning). Must not: decide what to do with a failure (the discovery service counts and
+retries).
 
 Spec: matrix-digest section 2.3; DESIGN.md sections 3 and 8.
 KNOWN LIMIT: a key document is public, so over plain HTTP anyone can replay a peer's document
@@ -72,12 +73,54 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _authority(host: str) -> bytes:
+def build_url(host: str, port: int, path: str, *, https: bool) -> httpcore.URL:
+    """The URL of `path` at `host:port` (an IPv6 literal bracketed)."""
     try:
         is_v6 = ipaddress.ip_address(host).version == 6
     except ValueError:
         is_v6 = False
-    return (f"[{host}]" if is_v6 else host).encode("ascii")
+    authority = (f"[{host}]" if is_v6 else host).encode("ascii")
+    return httpcore.URL(
+        scheme=b"https" if https else b"http", host=authority, port=port, target=path
+    )
+
+
+async def fetch_json(
+    pool: httpcore.AsyncConnectionPool,
+    url: httpcore.URL,
+    *,
+    timeout_s: float,
+    on_response: Callable[[httpcore.Response], None] | None = None,
+) -> JsonValue:
+    """GET `url` from `pool` within `timeout_s` and decode its JSON answer, at most
+    MAX_KEY_DOCUMENT_BYTES. `on_response` sees the response (its connection still open) before
+    the status is checked; what it raises propagates. Raises `KeyFetchError` otherwise."""
+    timeouts = {name: timeout_s for name in ("connect", "read", "write", "pool")}
+    try:
+        with trio.fail_after(timeout_s):
+            async with pool.stream(
+                "GET",
+                url,
+                headers=[("accept", "application/json")],
+                extensions={"timeout": timeouts},
+            ) as response:
+                if on_response is not None:
+                    on_response(response)
+                if response.status != 200:
+                    raise KeyFetchError(f"status {response.status}")
+                data = bytearray()
+                async for chunk in response.aiter_stream():
+                    data += chunk
+                    if len(data) > MAX_KEY_DOCUMENT_BYTES:
+                        raise KeyFetchError(f"answer over {MAX_KEY_DOCUMENT_BYTES} bytes")
+    except trio.TooSlowError:
+        raise KeyFetchError("timed out") from None
+    except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
+        raise KeyFetchError(repr(exc)[:300]) from None
+    try:
+        return decode_body("application/json", bytes(data), max_bytes=MAX_KEY_DOCUMENT_BYTES)
+    except WireError as exc:
+        raise KeyFetchError(f"undecodable: {exc}") from None
 
 
 class HttpKeyFetcher:
@@ -93,38 +136,8 @@ class HttpKeyFetcher:
         await self._pool.aclose()
 
     async def __call__(self, host: str, port: int) -> JsonValue:
-        url = httpcore.URL(
-            scheme=b"http", host=_authority(host), port=port, target=KEY_DOCUMENT_PATH
-        )
-        timeouts = {
-            "connect": self.timeout_s,
-            "read": self.timeout_s,
-            "write": self.timeout_s,
-            "pool": self.timeout_s,
-        }
-        try:
-            with trio.fail_after(self.timeout_s):
-                async with self._pool.stream(
-                    "GET",
-                    url,
-                    headers=[("accept", "application/json")],
-                    extensions={"timeout": timeouts},
-                ) as response:
-                    if response.status != 200:
-                        raise KeyFetchError(f"status {response.status}")
-                    data = bytearray()
-                    async for chunk in response.aiter_stream():
-                        data += chunk
-                        if len(data) > MAX_KEY_DOCUMENT_BYTES:
-                            raise KeyFetchError("key document too large")
-        except trio.TooSlowError:
-            raise KeyFetchError("timed out") from None
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            raise KeyFetchError(repr(exc)) from None
-        try:
-            return decode_body("application/json", bytes(data), max_bytes=MAX_KEY_DOCUMENT_BYTES)
-        except WireError as exc:
-            raise KeyFetchError(f"undecodable: {exc}") from None
+        url = build_url(host, port, KEY_DOCUMENT_PATH, https=False)
+        return await fetch_json(self._pool, url, timeout_s=self.timeout_s)
 
 
 @asynccontextmanager

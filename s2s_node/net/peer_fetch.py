@@ -14,7 +14,6 @@ of static peers works over TLS too").
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -23,9 +22,7 @@ import trio
 
 from s2s_node.core.canonical import JsonValue
 from s2s_node.core.ids import ServerName
-from s2s_node.core.peers import MAX_KEY_DOCUMENT_BYTES
-from s2s_node.core.wire import WireError, decode_body
-from s2s_node.discovery.verify import KEY_DOCUMENT_PATH, KeyFetchError
+from s2s_node.discovery.verify import KEY_DOCUMENT_PATH, KeyFetchError, build_url, fetch_json
 from s2s_node.net.tls import ClientTls, PinError, parse_certificate_identifier
 from s2s_node.net.tls_channels import Direction
 
@@ -35,14 +32,6 @@ MAX_CONNECTIONS = 64
 KEEPALIVE_S = 5.0
 # Deadline of one fetch unless the caller's is shorter.
 FETCH_TIMEOUT_S = 2.0
-
-
-def _authority(host: str) -> bytes:
-    try:
-        is_v6 = ipaddress.ip_address(host).version == 6
-    except ValueError:
-        is_v6 = False
-    return (f"[{host}]" if is_v6 else host).encode("ascii")
 
 
 class PeerFetcher:
@@ -65,37 +54,20 @@ class PeerFetcher:
     async def get(self, host: str, port: int, path: str) -> tuple[JsonValue, ServerName | None]:
         """The decoded JSON answer and, over TLS, the identifier the server certificate's key
         encodes. Raises `KeyFetchError`."""
-        scheme = b"https" if self.tls is not None else b"http"
-        url = httpcore.URL(scheme=scheme, host=_authority(host), port=port, target=path)
-        timeouts = {name: self.timeout_s for name in ("connect", "read", "write", "pool")}
+        url = build_url(host, port, path, https=self.tls is not None)
         certificate: ServerName | None = None
-        try:
-            with trio.fail_after(self.timeout_s):
-                async with self._pool.stream(
-                    "GET",
-                    url,
-                    headers=[("accept", "application/json")],
-                    extensions={"timeout": timeouts},
-                ) as response:
-                    if self.tls is not None:
-                        certificate = _certificate_identifier(response)
-                    if response.status != 200:
-                        raise KeyFetchError(f"status {response.status}")
-                    data = bytearray()
-                    async for chunk in response.aiter_stream():
-                        data += chunk
-                        if len(data) > MAX_KEY_DOCUMENT_BYTES:
-                            raise KeyFetchError(f"answer over {MAX_KEY_DOCUMENT_BYTES} bytes")
-        except trio.TooSlowError:
-            raise KeyFetchError("timed out") from None
-        except (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError) as exc:
-            raise KeyFetchError(repr(exc)[:300]) from None
-        try:
-            return decode_body("application/json", bytes(data), max_bytes=MAX_KEY_DOCUMENT_BYTES), (
-                certificate
-            )
-        except WireError as exc:
-            raise KeyFetchError(f"undecodable: {exc}") from None
+
+        def read_certificate(response: httpcore.Response) -> None:
+            nonlocal certificate
+            certificate = _certificate_identifier(response)
+
+        answer = await fetch_json(
+            self._pool,
+            url,
+            timeout_s=self.timeout_s,
+            on_response=read_certificate if self.tls is not None else None,
+        )
+        return answer, certificate
 
     async def __call__(self, host: str, port: int) -> JsonValue:
         """The key document at `host:port` (a `discovery.FetchKeyDocument`).
