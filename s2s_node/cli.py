@@ -21,6 +21,7 @@ from s2s_node.cli_base import (
     EXIT_USAGE,
     CommandParser,
     UsageError,
+    add_command,
     add_location_options,
     print_json,
     resolve_args_data_dir,
@@ -63,7 +64,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     add_location_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CommandParser)
 
-    init = commands.add_parser(
+    init = add_command(
+        commands,
         "init",
         help="create the data directory and the node's key; print the identifier",
         description=(
@@ -72,22 +74,20 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
             " directory prints the same identifier again."
         ),
         epilog="example:\n  s2s-node init --data-dir /tmp/n1",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_location_options(init, top=False)
     init.add_argument("--json", action="store_true", help="print {identifier, server_user}")
 
-    ident = commands.add_parser(
+    ident = add_command(
+        commands,
         "id",
         help="print this node's identifier",
         description="Print the node identifier (the base32 of its verify key).",
         epilog="example:\n  s2s-node id --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_location_options(ident, top=False)
     ident.add_argument("--json", action="store_true", help="print a JSON object")
 
-    run = commands.add_parser(
+    run = add_command(
+        commands,
         "run",
         help="run the node in the foreground until SIGINT/SIGTERM",
         description=(
@@ -99,9 +99,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
             "example:\n  s2s-node run --data-dir /tmp/n1 --set federation.listen=127.0.0.1:0"
             " --set discovery.enabled=false"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_location_options(run, top=False)
     run.add_argument(
         "--set",
         dest="overrides",
@@ -119,7 +117,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     add_location_options(debug, top=False)
     tools = debug.add_subparsers(dest="tool", metavar="TOOL", parser_class=CommandParser)
 
-    check = tools.add_parser(
+    check = add_command(
+        tools,
         "check",
         help="verify hash, event ID, signatures and auth of each event in a file",
         description=(
@@ -132,12 +131,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
             " identifiers. Exit status 1 if any event fails."
         ),
         epilog="example:\n  s2s-node debug check room.json | jq -c 'select(.auth != \"allow\")'",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        location=False,
     )
     check.add_argument("file")
     check.add_argument("--room-version", help="room version if the file does not say")
 
-    resolve = tools.add_parser(
+    resolve = add_command(
+        tools,
         "resolve",
         help="run state resolution over the state sets of a file",
         description=(
@@ -148,13 +148,14 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
             " resolve_median_s."
         ),
         epilog="example:\n  s2s-node debug resolve v12-s1000-c100-k2.json.gz --repeat 7",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        location=False,
     )
     resolve.add_argument("file")
     resolve.add_argument("--repeat", type=int, default=0, metavar="N")
     resolve.add_argument("--room-version", help="room version if the file does not say")
 
-    replay = tools.add_parser(
+    replay = add_command(
+        tools,
         "replay",
         help="walk a DAG and print the state after an event or at the extremities",
         description=(
@@ -165,7 +166,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
             " event_id], ...]}. Signatures are not checked here (see `debug check`)."
         ),
         epilog="example:\n  s2s-node debug replay room.json --at '$abc...'",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        location=False,
     )
     replay.add_argument("file")
     replay.add_argument("--at", metavar="EVENT_ID")

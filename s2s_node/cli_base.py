@@ -1,5 +1,5 @@
 """What every `s2s-node` command shares: exit statuses, the parser class, the `--data-dir` and
-`--config` options, and printing JSON and tables.
+`--config` options, how a subcommand's parser is made, and printing JSON and tables.
 
 Owns: the conventions of DESIGN.md section 11 (exit status 0 success, 1 when the answer is
 "no", 2 bad usage or input; `--data-dir` before or after the subcommand). Must not: know any
@@ -49,6 +49,23 @@ def add_location_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     parser.add_argument(
         "--config", metavar="FILE", default=default, help="TOML config (see node.example.toml)"
     )
+
+
+def add_command(
+    commands: Any, name: str, *, help: str, description: str, epilog: str, location: bool = True
+) -> argparse.ArgumentParser:
+    """A subcommand of `commands` (an argparse subparsers object) whose `epilog` (its examples)
+    is printed as written; with `location`, it takes `--data-dir` and `--config` too."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if location:
+        add_location_options(parser, top=False)
+    return parser
 
 
 def resolve_args_data_dir(args: argparse.Namespace) -> Path:

@@ -28,6 +28,7 @@ from s2s_node.cli_base import (
     EXIT_NO,
     EXIT_OK,
     UsageError,
+    add_command,
     add_location_options,
     print_json,
     print_table,
@@ -59,12 +60,13 @@ Handler = Callable[[argparse.Namespace], int]
 def _command(
     commands: Any, name: str, *, help: str, description: str, examples: str
 ) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = commands.add_parser(
+    parser = add_command(
+        commands,
         name,
         help=help,
         description=description,
         epilog="examples:\n" + examples,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        location=False,
     )
     add_remote_options(parser)
     return parser
@@ -108,14 +110,13 @@ def add_commands(commands: Any) -> dict[str, Handler]:
         examples="  s2s-node rooms\n  s2s-node rooms --json",
     )
 
-    room = commands.add_parser(
+    room = add_command(
+        commands,
         "room",
         help="room commands: room create",
         description="Room commands.",
         epilog="examples:\n  s2s-node room create --s2s --peer PEER_ID --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_location_options(room, top=False)
     room_commands = room.add_subparsers(dest="room_command", metavar="SUBCOMMAND")
     create = _command(
         room_commands,
@@ -213,7 +214,8 @@ def add_commands(commands: Any) -> dict[str, Handler]:
     )
     negotiations.add_argument("room", metavar="ROOM")
 
-    rules = commands.add_parser(
+    rules = add_command(
+        commands,
         "rules",
         help="policy rules asked of peers: rules add | list | remove",
         description=(
@@ -226,9 +228,7 @@ def add_commands(commands: Any) -> dict[str, Handler]:
             " --match content.membership=invite --reason 'no invites'\n"
             "  s2s-node rules add PEER --user '@spam*:*'\n  s2s-node rules list --json"
         ),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_location_options(rules, top=False)
     rule_commands = rules.add_subparsers(dest="rules_command", metavar="SUBCOMMAND")
     add = _command(
         rule_commands,
@@ -278,14 +278,13 @@ def add_commands(commands: Any) -> dict[str, Handler]:
     remove.add_argument("type", metavar="TYPE")
     remove.add_argument("state_key", metavar="STATE_KEY")
 
-    token = commands.add_parser(
+    token = add_command(
+        commands,
         "token",
         help="access tokens: token create",
         description="Access tokens of the node's client API.",
         epilog="examples:\n  s2s-node token create --user alice --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_location_options(token, top=False)
     token_commands = token.add_subparsers(dest="token_command", metavar="SUBCOMMAND")
     token_create = _command(
         token_commands,
