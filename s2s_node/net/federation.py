@@ -79,6 +79,16 @@ def require_event(graph: RoomGraph, event_id: str) -> Pdu:
     return pdu
 
 
+def state_before_with_auth_chain(
+    graph: RoomGraph, event_id: EventId
+) -> tuple[list[EventId], list[Pdu]]:
+    """The state before `event_id` (404 if unknown) and its auth chain: what `/state` and
+    `/state_ids` answer, as events or as IDs."""
+    require_event(graph, event_id)
+    state_ids = list(graph.state_before(event_id).values())
+    return state_ids, compute_auth_chain(graph, state_ids)
+
+
 def require_object(content: JsonValue) -> JsonDict:
     if not isinstance(content, dict):
         raise HttpError(400, M_BAD_JSON, "the body must be a JSON object")
@@ -265,9 +275,7 @@ class FederationApi:
         event_id = self._event_id_param(request)
 
         def run(graph: RoomGraph) -> JsonDict:
-            require_event(graph, event_id)
-            state_ids = list(graph.state_before(event_id).values())
-            chain = compute_auth_chain(graph, state_ids)
+            state_ids, chain = state_before_with_auth_chain(graph, event_id)
             return {
                 "pdus": [graph.get_event(e).json for e in state_ids],
                 "auth_chain": [p.json for p in chain],
@@ -281,9 +289,7 @@ class FederationApi:
         event_id = self._event_id_param(request)
 
         def run(graph: RoomGraph) -> JsonDict:
-            require_event(graph, event_id)
-            state_ids = list(graph.state_before(event_id).values())
-            chain = compute_auth_chain(graph, state_ids)
+            state_ids, chain = state_before_with_auth_chain(graph, event_id)
             return {"pdu_ids": state_ids, "auth_chain_ids": [p.event_id for p in chain]}
 
         answer = await self.read_room(request.path_params["roomId"], run, origin=origin)
