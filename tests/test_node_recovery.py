@@ -24,16 +24,24 @@ async def _same_state(a: Node, b: Node, room: str) -> bool:
     return await state_ids(a, room) == await state_ids(b, room)
 
 
+async def _share_a_room_then_stop_b(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> tuple[Node, Node, str, int]:
+    """Nodes a (running in `stack`) and b share a room, then b stops. Returns a, the stopped b,
+    the room and b's federation port (to restart b where a expects it)."""
+    a = await start_node(stack, tmp_path / "a")
+    async with contextlib.AsyncExitStack() as b_stack:
+        b = await start_node(b_stack, tmp_path / "b")
+        b_port = address_of(b).port
+        await connect(a, b)
+        room = await make_shared_room(a, b)
+    return a, b, room, b_port
+
+
 async def test_a_node_that_was_down_catches_up_when_it_comes_back(tmp_path: Path) -> None:
     with trio.fail_after(40):
         async with contextlib.AsyncExitStack() as stack:
-            a = await start_node(stack, tmp_path / "a")
-            b_stack = contextlib.AsyncExitStack()
-            b = await start_node(b_stack, tmp_path / "b")
-            b_port = address_of(b).port
-            await connect(a, b)
-            room = await make_shared_room(a, b)
-            await b_stack.aclose()  # b goes down
+            a, b, room, b_port = await _share_a_room_then_stop_b(stack, tmp_path)  # b goes down
 
             sent = [(await a.send_event(room, "m.test", {"n": n})).event_id for n in range(5)]
             await trio.sleep(0.2)  # a tries, fails, backs off
@@ -50,13 +58,8 @@ async def test_a_node_that_was_down_catches_up_when_it_comes_back(tmp_path: Path
 async def test_a_restarted_node_resends_what_it_had_queued(tmp_path: Path) -> None:
     with trio.fail_after(40):
         async with contextlib.AsyncExitStack() as a_stack:
-            a = await start_node(a_stack, tmp_path / "a")
-            b_stack = contextlib.AsyncExitStack()
-            b = await start_node(b_stack, tmp_path / "b")
-            b_port = address_of(b).port
-            await connect(a, b)
-            room = await make_shared_room(a, b)
-            await b_stack.aclose()  # b goes down; a queues
+            a, b, room, b_port = await _share_a_room_then_stop_b(a_stack, tmp_path)
+            # b is down; a queues
             sent = [(await a.send_event(room, "m.test", {"n": n})).event_id for n in range(3)]
             queued = await a.astore.read(lambda s: s.outbound.pending_count(b.identifier))
             assert queued >= 3  # (and possibly the invite, if b went down first)
@@ -81,13 +84,7 @@ async def _drop_queue(node: Node, destination: str) -> None:
 async def test_gap_after_lost_transactions_is_filled(tmp_path: Path) -> None:
     with trio.fail_after(40):
         async with contextlib.AsyncExitStack() as stack:
-            a = await start_node(stack, tmp_path / "a")
-            b_stack = contextlib.AsyncExitStack()
-            b = await start_node(b_stack, tmp_path / "b")
-            b_port = address_of(b).port
-            await connect(a, b)
-            room = await make_shared_room(a, b)
-            await b_stack.aclose()
+            a, b, room, b_port = await _share_a_room_then_stop_b(stack, tmp_path)
             lost = [(await a.send_event(room, "m.test", {"n": n})).event_id for n in range(4)]
             await _drop_queue(a, b.identifier)  # those transactions are lost for good
             b = await start_node(stack, tmp_path / "b", port=b_port)
@@ -104,13 +101,7 @@ async def test_gap_larger_than_the_inline_bound_is_caught_up_in_the_background(
 ) -> None:
     with trio.fail_after(40):
         async with contextlib.AsyncExitStack() as stack:
-            a = await start_node(stack, tmp_path / "a")
-            b_stack = contextlib.AsyncExitStack()
-            b = await start_node(b_stack, tmp_path / "b")
-            b_port = address_of(b).port
-            await connect(a, b)
-            room = await make_shared_room(a, b)
-            await b_stack.aclose()
+            a, b, room, b_port = await _share_a_room_then_stop_b(stack, tmp_path)
             lost = [(await a.send_event(room, "m.test", {"n": n})).event_id for n in range(12)]
             await _drop_queue(a, b.identifier)
             b = await start_node(stack, tmp_path / "b", port=b_port)
