@@ -1,9 +1,10 @@
 """Discovery over zeroconf bound to 127.0.0.1, and the service with injected fetchers.
 
-Nothing here touches the host's real interfaces: the autouse `loopback_only` fixture replaces
-`zeroconf.Zeroconf` with a guard that refuses any `interfaces` but ["127.0.0.1"] before a socket
-is opened (a test below proves the guard trips). Other programs on this machine may use mDNS on
-loopback at the same time, so assertions are about our own identifiers, never about totals.
+Nothing here touches the host's real interfaces: the autouse `loopback_only` fixture (from
+discovery_fixtures) replaces `zeroconf.Zeroconf` with a guard that refuses any `interfaces` but
+["127.0.0.1"] before a socket is opened (a test below proves the guard trips). Other programs on
+this machine may use mDNS on loopback at the same time, so assertions are about our own
+identifiers, never about totals.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 import trio
 import zeroconf
+from discovery_fixtures import FAST_DISCOVERY as FAST
+from discovery_fixtures import LOOPBACK, loopback_only  # noqa: F401 -- the autouse fixture
 from netns_node import key_server_router
 
 from s2s_node.core.canonical import JsonValue
@@ -28,7 +31,6 @@ from s2s_node.core.peers import (
     AdvertReason,
     ChangeKind,
     KeyDocumentReason,
-    Liveness,
     PeerChange,
     build_instance_name,
     build_key_document,
@@ -49,34 +51,8 @@ from s2s_node.net.http import Request, Response, build_response
 from s2s_node.net.router import Route, Router
 from s2s_node.net.server import bound_port, serve_http
 
-LOOPBACK = ["127.0.0.1"]
 # Every zeroconf test must finish well within this.
 DEADLINE_S = 20.0
-FAST = DiscoveryTiming(
-    probe_interval_s=0.2,
-    probe_timeout_s=0.5,
-    verify_retry_s=0.2,
-    verify_retry_max_s=0.5,
-    dormant_probe_interval_s=0.3,
-    liveness=Liveness(unreachable_after=2, depart_after=4),
-)
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    real = zeroconf.Zeroconf
-    made: list[Any] = []
-
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        interfaces = kwargs.get("interfaces", args[0] if args else zeroconf.InterfaceChoice.All)
-        if interfaces != LOOPBACK:
-            raise AssertionError(f"a test asked zeroconf for interfaces={interfaces!r}")
-        zc = real(*args, **kwargs)
-        made.append(zc)
-        return zc
-
-    monkeypatch.setattr(zeroconf, "Zeroconf", guarded)
-    yield made
 
 
 def new_key() -> SigningKey:
@@ -150,7 +126,7 @@ async def test_the_guard_refuses_real_interfaces() -> None:
             pass
 
 
-async def test_bad_arguments_are_refused_before_zeroconf_starts(loopback_only: list[Any]) -> None:
+async def test_bad_arguments_are_refused_before_zeroconf_starts(loopback_only: list[Any]) -> None:  # noqa: F811
     key = new_key()
     for kwargs in (
         {"identifier": "example.org", "port": 8448, "interfaces": LOOPBACK},

@@ -2,64 +2,35 @@
 zeroconf is bound to 127.0.0.1 find and verify each other, open a room with no static peer,
 see a departure, and deliver a queued event when the peer is rediscovered (the wake).
 
-Nothing here touches the host's real interfaces: the autouse `loopback_only` fixture replaces
-`zeroconf.Zeroconf` with a guard that refuses any `interfaces` but ["127.0.0.1"]. Other programs
-may use mDNS on loopback too, so assertions are about our own identifiers only.
+Nothing here touches the host's real interfaces: the autouse `loopback_only` fixture (from
+discovery_fixtures) replaces `zeroconf.Zeroconf` with a guard that refuses any `interfaces` but
+["127.0.0.1"]. Other programs may use mDNS on loopback too, so assertions are about our own
+identifiers only.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
-import zeroconf
+from discovery_fixtures import FAST_DISCOVERY, LOOPBACK, loopback_only  # noqa: F401 -- autouse
 from node_fixtures import FAST_BACKOFF, make_shared_room, next_event
 
 from s2s_node.config import ClientConfig, Config, DiscoveryConfig, FederationConfig, HostPort
-from s2s_node.core.peers import ChangeKind, Liveness
-from s2s_node.discovery import DiscoveryTiming
+from s2s_node.core.peers import ChangeKind
 from s2s_node.net.outbound import BackoffPolicy
 from s2s_node.net.peering import PeeringTiming
 from s2s_node.node import Node, open_node
 from s2s_node.peerinfo import PeerInfo, PeerInfoChange
 
-LOOPBACK = ["127.0.0.1"]
 DEADLINE_S = 40.0
 # The issue's bound for discovering and verifying a peer.
 DISCOVERY_BOUND_S = 5.0
-FAST = PeeringTiming(
-    discovery=DiscoveryTiming(
-        probe_interval_s=0.2,
-        probe_timeout_s=0.5,
-        verify_retry_s=0.2,
-        verify_retry_max_s=0.5,
-        dormant_probe_interval_s=0.3,
-        liveness=Liveness(unreachable_after=2, depart_after=4),
-    )
-)
+FAST = PeeringTiming(discovery=FAST_DISCOVERY)
 # A back-off far longer than the test: a delivery that happens anyway was woken.
 SLOW_BACKOFF = BackoffPolicy(initial_s=120.0, max_s=120.0, request_timeout_s=5.0)
-
-
-@pytest.fixture(autouse=True)
-def loopback_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Any]]:
-    real = zeroconf.Zeroconf
-    made: list[Any] = []
-
-    def guarded(*args: Any, **kwargs: Any) -> Any:
-        interfaces = kwargs.get("interfaces", args[0] if args else zeroconf.InterfaceChoice.All)
-        if interfaces != LOOPBACK:
-            raise AssertionError(f"a test asked zeroconf for interfaces={interfaces!r}")
-        zc = real(*args, **kwargs)
-        made.append(zc)
-        return zc
-
-    monkeypatch.setattr(zeroconf, "Zeroconf", guarded)
-    yield made
 
 
 def discovery_config(*, tls: bool = True) -> Config:
