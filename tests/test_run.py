@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpcore
@@ -35,14 +37,30 @@ def wait_for_node_file(data_dir: Path, process: subprocess.Popen[bytes]) -> dict
     raise AssertionError("no node.json")
 
 
-def test_run_writes_node_json_answers_version_and_stops_on_sigterm(tmp_path: Path) -> None:
-    data_dir = tmp_path / "node"
+@contextlib.contextmanager
+def run_node(data_dir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`s2s-node run` on `data_dir` with stdout and stderr piped; killed if still running on
+    exit."""
     process = subprocess.Popen(
         [*RUN, "--data-dir", str(data_dir), *SETTINGS],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_run_writes_node_json_answers_version_and_stops_on_sigterm(tmp_path: Path) -> None:
+    data_dir = tmp_path / "node"
+    with run_node(data_dir) as process:
         info = wait_for_node_file(data_dir, process)
         assert info["pid"] == process.pid
         assert str(info["client_url"]).startswith("http://127.0.0.1:")
@@ -76,24 +94,11 @@ def test_run_writes_node_json_answers_version_and_stops_on_sigterm(tmp_path: Pat
         assert process.wait(timeout=10) == 0
         assert time.monotonic() - started < 10
         assert not (data_dir / "node.json").exists()
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 def test_run_logs_the_tls_warning_and_sigint_also_stops(tmp_path: Path) -> None:
     data_dir = tmp_path / "node"
-    process = subprocess.Popen(
-        [*RUN, "--data-dir", str(data_dir), *SETTINGS],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    with run_node(data_dir) as process:
         wait_for_node_file(data_dir, process)
         os.kill(process.pid, signal.SIGINT)
         assert process.wait(timeout=10) == 0
@@ -102,14 +107,6 @@ def test_run_logs_the_tls_warning_and_sigint_also_stops(tmp_path: Path) -> None:
         assert "federation traffic is PLAIN HTTP" in log
         assert process.stdout is not None
         assert process.stdout.read() == b""
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
-        assert process.stdout is not None
-        process.stdout.close()
 
 
 def test_run_with_an_invalid_setting_names_the_key(tmp_path: Path) -> None:
