@@ -7,7 +7,7 @@ inside those namespaces), starting, killing and stopping `s2s-node run` processe
 `ip netns exec`, and running `s2s-node COMMAND ... --data-dir DIR` inside a node's namespace (the
 client API listens on 127.0.0.1 there, so the command must run there too). Must not: import the
 node's code or talk to a node any other way than its command line; decide what a step checks
-(`lan_demo.py` does).
+(`lan_demo_steps.py` does).
 """
 
 from __future__ import annotations
