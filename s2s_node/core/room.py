@@ -3,10 +3,9 @@ forward extremities and the current state.
 
 Owns: `RoomGraph` (receipt checks 4 to 6 of a PDU that already passed format, signature and
 hash checks, and building new events on top of the forward extremities), the storage protocol
-it works over (`RoomStore`), an in-memory store (`MemoryRoomStore`) and the shared state maps
-that keep rooms of 10,000+ events small (`StateSnapshot`). Must not: check formats, signatures
-or hashes (see `ingest`), fetch missing events (the shell does that after a
-`MissingEventsError`), or do I/O.
+it works over (`RoomStore`) and an in-memory store (`MemoryRoomStore`); it re-exports the shared
+state maps of `core.state_snapshot`. Must not: check formats, signatures or hashes (see
+`ingest`), fetch missing events (the shell does that after a `MissingEventsError`), or do I/O.
 
 Spec: server-server API "Checks performed on receipt of a PDU" (steps 4-6; digest 8.3),
 "Soft failure", state before/after an event (digest 6.1, 6.5), prev_events and depth (digest
@@ -16,9 +15,8 @@ Spec: server-server API "Checks performed on receipt of a PDU" (steps 4-6; diges
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from math import isqrt
 from typing import Any, Protocol
 
 from s2s_node.core.auth import (
@@ -35,6 +33,7 @@ from s2s_node.core.events import MAX_DEPTH, MAX_PREV_EVENTS, Pdu, build_event
 from s2s_node.core.ids import EventId, RoomId
 from s2s_node.core.keys import SigningKey
 from s2s_node.core.rules import RoomVersionRules
+from s2s_node.core.state_snapshot import EMPTY_STATE, StateSnapshot
 from s2s_node.core.stateres import resolve
 
 StateIds = Mapping[StateKey, EventId]
@@ -78,113 +77,6 @@ class MissingEventsError(LookupError):
 
 class RoomMismatchError(ValueError):
     """An event does not belong to this room graph (other room ID or room version)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# State maps
-
-
-class StateSnapshot(Mapping[StateKey, EventId]):
-    """An immutable state map (`(type, state_key)` -> event ID) that shares memory.
-
-    A snapshot is a `base` dict shared by many snapshots plus a small `overlay` of the keys whose
-    event differs from `base`. An event's child that changes one key copies only the overlay;
-    when the overlay grows past about the square root of the base, a new base is made. Memory
-    for E state events over S keys is then O(E * sqrt(S) + S * E / sqrt(S)) instead of O(E * S),
-    and a lookup stays two dict probes. Neither dict is ever mutated after construction.
-    """
-
-    __slots__ = ("_base", "_len", "_overlay")
-
-    def __init__(
-        self,
-        base: dict[StateKey, EventId] | None = None,
-        overlay: dict[StateKey, EventId] | None = None,
-        *,
-        length: int | None = None,
-    ) -> None:
-        self._base: dict[StateKey, EventId] = {} if base is None else base
-        self._overlay: dict[StateKey, EventId] = {} if overlay is None else overlay
-        if length is None:
-            length = len(self._base) + sum(1 for k in self._overlay if k not in self._base)
-        self._len = length
-
-    @classmethod
-    def of(cls, state: Mapping[StateKey, EventId]) -> StateSnapshot:
-        """`state` as a snapshot (itself if it is one; else a private copy)."""
-        return state if isinstance(state, StateSnapshot) else cls(dict(state))
-
-    def with_entry(self, key: StateKey, event_id: EventId) -> StateSnapshot:
-        """This map with `key` set to `event_id` (self if nothing changes)."""
-        if self.get(key) == event_id:
-            return self
-        overlay = dict(self._overlay)
-        # Keep the overlay canonical: exactly the keys whose event differs from the base.
-        if self._base.get(key) == event_id:
-            del overlay[key]
-        else:
-            overlay[key] = event_id
-        length = self._len if key in self else self._len + 1
-        if len(overlay) > _overlay_limit(len(self._base)):
-            base = dict(self._base)
-            base.update(overlay)
-            return StateSnapshot(base, length=length)
-        return StateSnapshot(self._base, overlay, length=length)
-
-    def to_dict(self) -> dict[StateKey, EventId]:
-        """A fresh plain dict of this map (what state resolution is given)."""
-        merged = dict(self._base)
-        merged.update(self._overlay)
-        return merged
-
-    def __getitem__(self, key: StateKey) -> EventId:
-        try:
-            return self._overlay[key]
-        except KeyError:
-            return self._base[key]
-
-    def get(self, key: StateKey, default: Any = None) -> Any:
-        found = self._overlay.get(key)
-        return self._base.get(key, default) if found is None else found
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._overlay or key in self._base
-
-    def __iter__(self) -> Iterator[StateKey]:
-        yield from self._base
-        for key in self._overlay:
-            if key not in self._base:
-                yield key
-
-    def __len__(self) -> int:
-        return self._len
-
-    def __eq__(self, other: object) -> bool:
-        if self is other:
-            return True
-        if isinstance(other, StateSnapshot):
-            if self._len != other._len:
-                return False
-            if self._base is other._base:
-                return self._overlay == other._overlay
-            return self.to_dict() == other.to_dict()
-        if isinstance(other, Mapping):
-            return self.to_dict() == dict(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self) -> str:
-        return f"StateSnapshot({self._len} entries, overlay {len(self._overlay)})"
-
-
-def _overlay_limit(base_size: int) -> int:
-    # About sqrt(2 * S) minimises overlay copies plus base copies; never below 32 so that small
-    # rooms do not rebase at every state event.
-    return max(32, isqrt(2 * base_size))
-
-
-EMPTY_STATE = StateSnapshot()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,3 +497,18 @@ def _unique(states: list[StateIds]) -> list[StateIds]:
         if not any(state is u or state == u for u in unique):
             unique.append(state)
     return unique
+
+
+__all__ = [
+    "EMPTY_STATE",
+    "Admission",
+    "EventStatus",
+    "MemoryRoomStore",
+    "MissingEventsError",
+    "ReceiptCheck",
+    "RoomGraph",
+    "RoomMismatchError",
+    "RoomStore",
+    "StateIds",
+    "StateSnapshot",
+]

@@ -12,9 +12,9 @@ extremities and the current state together; the in-memory caches change only aft
 returned (hooks of `Database.on_commit`), and a rollback clears them. With the store's WAL
 settings the event is then durable against kill -9 (see `database`).
 
-State maps are handed out as `core.room.StateSnapshot`s and recognised again by identity
-when RoomGraph passes them back to `commit`, so a new group costs a delta of the keys that
-changed. Contract relied on (RoomGraph keeps it): `state_after` is `state_before`, or
+State maps are handed out as `core.state_snapshot.StateSnapshot`s and recognised again by
+identity when RoomGraph passes them back to `commit`, so a new group costs a delta of the keys
+that changed. Contract relied on (RoomGraph keeps it): `state_after` is `state_before`, or
 `state_before` with the event's own key set to the event; any other map is compared in full.
 
 Design: DESIGN.md section 9; issue 4, items 1, 2 and 4. Spec: digest 6.1, 6.5, 8.3.
@@ -31,8 +31,9 @@ from s2s_node.core.authchain import AuthChainIndex
 from s2s_node.core.canonical import parse_json_object
 from s2s_node.core.events import Pdu, parse_pdu
 from s2s_node.core.ids import EventId, RoomId
-from s2s_node.core.room import Admission, EventStatus, ReceiptCheck, StateSnapshot
+from s2s_node.core.room import Admission, EventStatus, ReceiptCheck
 from s2s_node.core.rules import RoomVersionRules
+from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.store.authchains import build_index_for, load_room_index
 from s2s_node.store.database import Database
 from s2s_node.store.stategroups import StateGroups

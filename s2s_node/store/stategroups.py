@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from s2s_node.core.auth import StateKey
 from s2s_node.core.ids import EventId
-from s2s_node.core.room import EMPTY_STATE, StateSnapshot
+from s2s_node.core.state_snapshot import EMPTY_STATE, StateSnapshot
 from s2s_node.store.database import Database
 
 StateIds = Mapping[StateKey, EventId]

@@ -1,0 +1,124 @@
+"""State maps that share memory: `StateSnapshot`, an immutable `(type, state_key)` -> event ID
+map, and `EMPTY_STATE`.
+
+Owns: how the state before and after every event of a room is held without a full copy per
+event (the reason a room of 10,000+ state events stays small). Must not: know about events,
+authorisation or resolution (`core.room` and `core.stateres` do), or do I/O.
+
+Spec: the state of a room at an event (digest 6.1); DESIGN.md section 5 (storage of state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from math import isqrt
+from typing import Any
+
+from s2s_node.core.auth import StateKey
+from s2s_node.core.ids import EventId
+
+
+class StateSnapshot(Mapping[StateKey, EventId]):
+    """An immutable state map (`(type, state_key)` -> event ID) that shares memory.
+
+    A snapshot is a `base` dict shared by many snapshots plus a small `overlay` of the keys whose
+    event differs from `base`. An event's child that changes one key copies only the overlay;
+    when the overlay grows past about the square root of the base, a new base is made. Memory
+    for E state events over S keys is then O(E * sqrt(S) + S * E / sqrt(S)) instead of O(E * S),
+    and a lookup stays two dict probes. Neither dict is ever mutated after construction.
+    """
+
+    __slots__ = ("_base", "_len", "_overlay")
+
+    def __init__(
+        self,
+        base: dict[StateKey, EventId] | None = None,
+        overlay: dict[StateKey, EventId] | None = None,
+        *,
+        length: int | None = None,
+    ) -> None:
+        self._base: dict[StateKey, EventId] = {} if base is None else base
+        self._overlay: dict[StateKey, EventId] = {} if overlay is None else overlay
+        if length is None:
+            length = len(self._base) + sum(1 for k in self._overlay if k not in self._base)
+        self._len = length
+
+    @classmethod
+    def of(cls, state: Mapping[StateKey, EventId]) -> StateSnapshot:
+        """`state` as a snapshot (itself if it is one; else a private copy)."""
+        return state if isinstance(state, StateSnapshot) else cls(dict(state))
+
+    def with_entry(self, key: StateKey, event_id: EventId) -> StateSnapshot:
+        """This map with `key` set to `event_id` (self if nothing changes)."""
+        if self.get(key) == event_id:
+            return self
+        overlay = dict(self._overlay)
+        # Keep the overlay canonical: exactly the keys whose event differs from the base.
+        if self._base.get(key) == event_id:
+            del overlay[key]
+        else:
+            overlay[key] = event_id
+        length = self._len if key in self else self._len + 1
+        if len(overlay) > _overlay_limit(len(self._base)):
+            base = dict(self._base)
+            base.update(overlay)
+            return StateSnapshot(base, length=length)
+        return StateSnapshot(self._base, overlay, length=length)
+
+    def to_dict(self) -> dict[StateKey, EventId]:
+        """A fresh plain dict of this map (what state resolution is given)."""
+        merged = dict(self._base)
+        merged.update(self._overlay)
+        return merged
+
+    def __getitem__(self, key: StateKey) -> EventId:
+        try:
+            return self._overlay[key]
+        except KeyError:
+            return self._base[key]
+
+    def get(self, key: StateKey, default: Any = None) -> Any:
+        found = self._overlay.get(key)
+        return self._base.get(key, default) if found is None else found
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._overlay or key in self._base
+
+    def __iter__(self) -> Iterator[StateKey]:
+        yield from self._base
+        for key in self._overlay:
+            if key not in self._base:
+                yield key
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if isinstance(other, StateSnapshot):
+            if self._len != other._len:
+                return False
+            if self._base is other._base:
+                return self._overlay == other._overlay
+            return self.to_dict() == other.to_dict()
+        if isinstance(other, Mapping):
+            return self.to_dict() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"StateSnapshot({self._len} entries, overlay {len(self._overlay)})"
+
+
+def _overlay_limit(base_size: int) -> int:
+    # About sqrt(2 * S) minimises overlay copies plus base copies; never below 32 so that small
+    # rooms do not rebase at every state event.
+    return max(32, isqrt(2 * base_size))
+
+
+EMPTY_STATE = StateSnapshot()
+
+
+__all__ = ["EMPTY_STATE", "StateSnapshot"]
