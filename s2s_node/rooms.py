@@ -474,10 +474,6 @@ def compute_servers_in_room(graph: RoomGraph) -> set[str]:
     return servers
 
 
-def is_server_in_room(graph: RoomGraph, server: str) -> bool:
-    return server in compute_servers_in_room(graph)
-
-
 def check_against_current_state(graph: RoomGraph, pdu: Pdu) -> None:
     """The auth rules for a new local event against the current state (raises `AuthError`)."""
     state = graph.current_state()
@@ -530,5 +526,4 @@ __all__ = [
     "compute_auth_chain",
     "compute_servers_in_room",
     "is_room_s2s",
-    "is_server_in_room",
 ]

@@ -102,10 +102,6 @@ class AuthChainIndex:
         except KeyError:
             raise AuthChainError(AuthChainReason.EVENT_UNKNOWN, event_id) from None
 
-    def bit(self, event_id: EventId) -> int:
-        """The mask with only this event's bit set."""
-        return 1 << self.position(event_id)
-
     def chain_mask(self, event_id: EventId) -> int:
         """The auth chain of an event (itself excluded) as a mask."""
         return self._chains[self.position(event_id)]

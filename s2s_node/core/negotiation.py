@@ -427,12 +427,6 @@ class Negotiation:
     def _outgoing(self, kind: MessageKind, content: JsonDict) -> Outgoing:
         return Outgoing(type=kind.value, content=content, opening=self.opening)
 
-    def build_fail(self, error: FailError, reason: str | None = None) -> Outgoing:
-        """A fail this node may send at will (e.g. the operator cancels); pass it to `send`."""
-        if self.opening is None:
-            raise LocalNegotiationError(NegotiationRule.NOT_ALLOWED, "no opening yet")
-        return self._outgoing(K.FAIL, build_fail_content(self.opening, error, reason))
-
     def send(self, outgoing: Outgoing) -> None:
         """Validate an event we are about to send; remember it as in flight until its echo.
 

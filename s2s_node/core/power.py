@@ -62,11 +62,6 @@ def compute_creators(create: Pdu) -> tuple[str, ...]:
     return (create.sender,)
 
 
-def is_creator(user_id: str, create: Pdu) -> bool:
-    """True if `user_id` is a room creator (v12: the sender or in additional_creators)."""
-    return user_id in compute_creators(create)
-
-
 def compute_user_level(user_id: str, create: Pdu | None, power_levels: Pdu | None) -> int:
     """A user's power level, given the state's create and power-levels events.
 

@@ -141,14 +141,6 @@ class Discovery:
         """The verified endpoint of a usable peer (a `net.client.Resolve`)."""
         return self._table.endpoint_of(identifier)
 
-    @property
-    def bridge_coalesced(self) -> int:
-        return self._inbox.coalesced
-
-    @property
-    def bridge_dropped(self) -> int:
-        return self._inbox.dropped
-
     def changes(self) -> ChangeStream[PeerChange]:
         """Every change from now on, in order: `async for change in discovery.changes()`.
 

@@ -56,9 +56,6 @@ class PeerBook:
         peer = self._peers.get(identifier)
         return peer is not None and peer.cbor
 
-    def identifiers(self) -> list[str]:
-        return sorted(self._peers)
-
 
 def parse_encodings(version: JsonValue) -> frozenset[str]:
     """The encodings a `/version` answer advertises (JSON only when it says nothing)."""
