@@ -117,3 +117,45 @@ def _hostport(node: object) -> tuple[str, int]:
     assert isinstance(node, Node)
     address = address_of(node)
     return address.host, address.port
+
+
+async def test_a_gap_whose_filling_failed_is_caught_up_once_the_origin_answers(
+    tmp_path: Path,
+) -> None:
+    """Regression (found by the chaos soak: a node lacked acknowledged events after healing
+    until someone spoke again). b receives a's event but cannot fetch what it cites (b->a is
+    cut), answers the transaction with an error, and a drops it from its queue. Nothing else
+    is sent; once b->a heals, b's background catch-up, which retries, brings everything."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            async with contextlib.AsyncExitStack() as stack:
+                a = await start_node(stack, tmp_path / "a")
+                b = await start_node(stack, tmp_path / "b")
+                to_a, to_b = address_of(a), address_of(b)
+                link = ChaosLink(name="b->a", upstream=(to_a.host, to_a.port), rng=random.Random(2))
+                a_b = ChaosLink(name="a->b", upstream=(to_b.host, to_b.port), rng=random.Random(3))
+                await b.add_peer_address(a.identifier, "127.0.0.1", await nursery.start(link.run))
+                await a.add_peer_address(b.identifier, "127.0.0.1", await nursery.start(a_b.run))
+                # an ordinary room (an s2s room's automatic join retries could fetch the gap)
+                alice, bob = f"@alice:{a.identifier}", f"@bob:{b.identifier}"
+                room = await a.create_room(creator=alice, join_rule="public")
+                await b.join(room, via=a.identifier, user=bob)
+                a_b.faults = Faults(partitioned=True)
+                lost = [
+                    (await a.send_event(room, "m.test", {"n": n}, sender=alice)).event_id
+                    for n in range(3)
+                ]
+                await a.astore.write(lambda s: s.outbound.ack(b.identifier, 2**62))  # lost
+                link.faults = Faults(partitioned=True)  # b cannot fetch from a
+                a_b.faults = Faults()
+                a.wake(b.identifier)
+                last = await a.send_event(room, "m.test", {"n": "last"}, sender=alice)
+                while await a.astore.read(lambda s: s.outbound.pending_count(b.identifier)):
+                    await trio.sleep(0.02)  # b answered (with an error for `last`)
+                assert not await b.rooms.known_events(room, [*lost, last.event_id])
+                assert b.gaps.catch_ups == 1
+                link.faults = Faults()
+                wanted = [*lost, last.event_id]
+                while await b.rooms.known_events(room, wanted) != set(wanted):
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()

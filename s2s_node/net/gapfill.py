@@ -48,6 +48,9 @@ GAP_PAGE = 100
 # Catching up a whole room (after a join, or a gap too large to fill inline).
 MAX_HISTORY_EVENTS = 200_000
 HISTORY_PAGE = 1_000
+# A background catch-up that could not fetch what it needs tries again after these delays
+# (about 9 minutes in all), then gives up: the next event citing the gap starts another.
+CATCH_UP_RETRY_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
 # Auth events fetched one by one (`/event`) when the walk over prev_events does not reach them.
 MAX_SINGLE_FETCHES = 50
 
@@ -271,8 +274,28 @@ class GapFiller:
     async def _catch_up(
         self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
     ) -> None:
+        """Fill the gap in pages of `HISTORY_PAGE`; while the origin cannot give what is
+        missing (unreachable, partitioned), try again after `CATCH_UP_RETRY_S`: the sender has
+        dropped the deferred events from its queue, so nobody else will bring them."""
         try:
-            await self._fill(room_id, origin, deferred, MAX_HISTORY_EVENTS, HISTORY_PAGE)
+            for delay in (0.0, *CATCH_UP_RETRY_S):
+                await trio.sleep(delay)
+                verdicts, history = await self._fill(
+                    room_id, origin, deferred, MAX_HISTORY_EVENTS, HISTORY_PAGE
+                )
+                deferred = [
+                    (obj, v)
+                    for (obj, _), v in zip(deferred, verdicts, strict=True)
+                    if v.outcome is Outcome.DEFERRED
+                ]
+                if not deferred or history.complete:
+                    return
+                logger.info(
+                    "catching up %s from %s: %d events still missing",
+                    room_id,
+                    origin[:12],
+                    len(history.missing),
+                )
         except Exception:
             logger.exception("catching up %s from %s failed", room_id, origin[:12])
         finally:
