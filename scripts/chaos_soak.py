@@ -2,7 +2,7 @@
 """The long version of the chaos, crash and load suites (docs/reliability.md).
 
 Usage: `.venv/bin/python scripts/chaos_soak.py [--minutes 10] [--seeds 200] [--first-seed 1000]
-[--load-seconds 60] [--crash-rounds 6] [--json FILE] [--log FILE]`
+[--quiet 5] [--load-seconds 60] [--crash-rounds 6] [--json FILE] [--log FILE]`
 
 Runs, within `--minutes` (the chaos seeds stop when the time is up):
 1. one load run (tests/load_run.py) of `--load-seconds` (0 skips it);
@@ -10,7 +10,9 @@ Runs, within `--minutes` (the chaos seeds stop when the time is up):
    (at a random queue depth), during sending (after a random number of acknowledged events,
    over a randomly slowed link) and during an upgrade (at a random stage);
 3. chaos seeds from `--first-seed` (tests/chaos_cluster.py): 3, 4 or 5 nodes and 3-8 s of chaos,
-   drawn from the seed, until `--seeds` seeds ran or the time is up.
+   drawn from the seed, until `--seeds` seeds ran or the time is up. After healing, the nodes
+   get `--quiet` seconds of empty queues to agree by themselves (recorded) before the settle
+   round (every node speaks once more) and the convergence check.
 Prints one line per run and a summary, writes everything as JSON (`--json`), and exits 1 if any
 run failed; the nodes' warnings and errors go to `--log`. A failed chaos seed is printed with
 its problems: rerun it with `--first-seed N --seeds 1`.
@@ -78,12 +80,16 @@ async def run_crashes(rounds: int, rng: random.Random, report: dict[str, Any]) -
         say(f"crash {kind} {params}: {'ok' if entry['ok'] else 'FAILED ' + entry['error']}")
 
 
-async def run_seeds(first: int, count: int, deadline: float, report: dict[str, Any]) -> None:
+async def run_seeds(
+    first: int, count: int, deadline: float, report: dict[str, Any], quiet_s: float
+) -> None:
     for seed in range(first, first + count):
         if time.monotonic() >= deadline:
             break
         rng = random.Random(f"soak/{seed}")
-        settings = ChaosSettings(nodes=rng.choice([3, 4, 5]), seconds=rng.uniform(3.0, 8.0))
+        settings = ChaosSettings(
+            nodes=rng.choice([3, 4, 5]), seconds=rng.uniform(3.0, 8.0), quiet_s=quiet_s
+        )
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="soak-chaos-") as tmp:
             try:
@@ -131,6 +137,7 @@ async def main(args: argparse.Namespace) -> int:
             "requests": len(load.latencies_s),
             "rss_baseline_mib": round(load.rss_baseline_kb / 1024, 1),
             "rss_peak_mib": round(load.rss_peak_kb / 1024, 1),
+            "rss_mib_every_5s": [round(kb / 1024) for kb in load.rss_samples_kb[::50]],
             "sent": load.sent,
             "received_at_end": load.received_at_end,
             "received_total": load.received_total,
@@ -139,7 +146,7 @@ async def main(args: argparse.Namespace) -> int:
             "ok": load.received_total == load.sent and load.p99 < 1.0,
         }
     await run_crashes(args.crash_rounds, rng, report)
-    await run_seeds(args.first_seed, args.seeds, deadline, report)
+    await run_seeds(args.first_seed, args.seeds, deadline, report, args.quiet)
 
     chaos = report["chaos"]
     faults: Counter[str] = Counter()
@@ -150,6 +157,13 @@ async def main(args: argparse.Namespace) -> int:
         "chaos_seeds": len(chaos),
         "chaos_failed": failed,
         "agreed_before_settle": sum(1 for e in chaos if e.get("agreed_before_settle")),
+        "before_settle_differences": dict(
+            Counter(
+                p.split(":")[0] if ":" in p else "lacks acknowledged events"
+                for e in chaos
+                for p in e.get("before_settle", [])
+            )
+        ),
         "acknowledged": sum(e.get("acknowledged", 0) for e in chaos),
         "faults": dict(faults),
         "crash_rounds": len(report["crash"]),
@@ -169,6 +183,12 @@ if __name__ == "__main__":
     parser.add_argument("--first-seed", type=int, default=1000)
     parser.add_argument("--load-seconds", type=float, default=60.0)
     parser.add_argument("--crash-rounds", type=int, default=6)
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=5.0,
+        help="seconds of empty queues after healing before the settle round",
+    )
     parser.add_argument("--json", default="")
     parser.add_argument(
         "--log",

@@ -51,6 +51,8 @@ class ChaosSettings:
     seconds: float = 2.0
     max_pause_s: float = 0.05  # between two changes of one node
     settle_timeout_s: float = 40.0
+    # after healing: how long queues may stay empty without agreement before the settle round
+    quiet_s: float = 1.0
     intensity: float = 1.0  # scales every fault probability
 
 
@@ -359,7 +361,12 @@ async def _run(
     acknowledged = set().union(*(a.acknowledged for a in actors))
     result.acknowledged = len(acknowledged)
     result.before_settle = await _wait_agreement(
-        nodes, links, room, acknowledged, timeout_s=settings.settle_timeout_s, quiet_s=1.0
+        nodes,
+        links,
+        room,
+        acknowledged,
+        timeout_s=settings.settle_timeout_s,
+        quiet_s=settings.quiet_s,
     )
     result.agreed_before_settle = not result.before_settle
     result.heal_s = trio.current_time() - started
