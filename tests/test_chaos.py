@@ -17,6 +17,7 @@ from chaos_proxy import ChaosLink, Faults
 from node_fixtures import address_of, start_node
 
 from s2s_node.core.ids import EventId
+from s2s_node.node import Node
 
 CI_SEEDS = range(1, 11)
 
@@ -158,4 +159,59 @@ async def test_a_gap_whose_filling_failed_is_caught_up_once_the_origin_answers(
                 wanted = [*lost, last.event_id]
                 while await b.rooms.known_events(room, wanted) != set(wanted):
                     await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+
+async def test_gaps_from_two_origins_in_one_room_are_both_caught_up(tmp_path: Path) -> None:
+    """Regression (found by the chaos soak, after the retry above): one background catch-up
+    per room, so while b retried a's gap, c's gap in the same room was never caught up; and a
+    gap from a's later events joined no catch-up. Catch-ups are now per (room, origin) and take
+    the deferred events that arrive meanwhile."""
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, contextlib.AsyncExitStack() as stack:
+            a, b, c = [await start_node(stack, tmp_path / name) for name in "abc"]
+            links: dict[tuple[str, str], ChaosLink] = {}
+            for x, y, name in [(a, b, "ab"), (b, a, "ba"), (c, b, "cb"), (b, c, "bc")]:
+                real = address_of(y)
+                link = ChaosLink(name=name, upstream=(real.host, real.port), rng=random.Random(4))
+                links[(name[0], name[1])] = link
+                await x.add_peer_address(y.identifier, "127.0.0.1", await nursery.start(link.run))
+            await a.add_peer_address(c.identifier, *_hostport(c))
+            await c.add_peer_address(a.identifier, *_hostport(a))
+            alice = f"@alice:{a.identifier}"
+            room = await a.create_room(creator=alice, join_rule="public")
+            await b.join(room, via=a.identifier, user=f"@bob:{b.identifier}")
+            carol = f"@carol:{c.identifier}"
+            await c.join(room, via=a.identifier, user=carol)
+            while await b.servers_in_room(room) != {a.identifier, b.identifier, c.identifier}:
+                await trio.sleep(0.02)
+
+            async def gap(origin: Node, sender: str, name: str) -> list[EventId]:
+                """`origin`'s events b never got and cannot fetch (b->origin cut)."""
+                to_b, from_b = links[(name, "b")], links[("b", name)]
+                to_b.faults = Faults(partitioned=True)
+                sent = [
+                    (await origin.send_event(room, "m.test", {"n": n}, sender=sender)).event_id
+                    for n in range(3)
+                ]
+                await origin.astore.write(lambda s: s.outbound.ack(b.identifier, 2**62))
+                from_b.faults = Faults(partitioned=True)
+                to_b.faults = Faults()
+                origin.wake(b.identifier)
+                last = await origin.send_event(room, "m.test", {"n": "last"}, sender=sender)
+                while await origin.astore.read(lambda s: s.outbound.pending_count(b.identifier)):
+                    await trio.sleep(0.02)
+                return [*sent, last.event_id]
+
+            from_a = await gap(a, alice, "a")
+            from_c = await gap(c, carol, "c")
+            more_a = await gap(a, alice, "a")  # while a's catch-up waits to retry
+            assert not await b.rooms.known_events(room, [*from_a, *from_c, *more_a])
+            links[("b", "c")].faults = Faults()  # b can reach c again, not a
+            while await b.rooms.known_events(room, from_c) != set(from_c):
+                await trio.sleep(0.05)
+            links[("b", "a")].faults = Faults()
+            wanted = set(from_a + more_a)
+            while await b.rooms.known_events(room, wanted) != wanted:
+                await trio.sleep(0.05)
             nursery.cancel_scope.cancel()

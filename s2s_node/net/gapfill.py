@@ -228,7 +228,8 @@ class GapFiller:
         self._nursery = nursery
         self.limit = MAX_GAP_EVENTS  # events one gap may fetch while the sender waits
         self.catch_ups = 0  # background catch-ups started (gaps larger than `limit`)
-        self._catching_up: set[str] = set()
+        # per (room, origin) catching up: the deferred events it still has to place
+        self._catching_up: dict[tuple[RoomId, ServerName], list[tuple[JsonDict, Verdict]]] = {}
 
     async def fill(
         self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
@@ -241,10 +242,14 @@ class GapFiller:
             for (obj, _), v in zip(deferred, verdicts, strict=True)
             if v.outcome is Outcome.DEFERRED
         ]
-        if still and not history.complete and room_id not in self._catching_up:
-            self._catching_up.add(room_id)
-            self.catch_ups += 1
-            self._nursery.start_soon(self._catch_up, room_id, origin, still)
+        if still and not history.complete:
+            pending = self._catching_up.get((room_id, origin))
+            if pending is not None:
+                pending.extend(still)  # the running catch-up takes them on its next try
+            else:
+                self._catching_up[(room_id, origin)] = list(still)
+                self.catch_ups += 1
+                self._nursery.start_soon(self._catch_up, room_id, origin)
         return verdicts
 
     async def _fill(
@@ -271,25 +276,29 @@ class GapFiller:
             page=page,
         )
 
-    async def _catch_up(
-        self, room_id: RoomId, origin: ServerName, deferred: list[tuple[JsonDict, Verdict]]
-    ) -> None:
+    async def _catch_up(self, room_id: RoomId, origin: ServerName) -> None:
         """Fill the gap in pages of `HISTORY_PAGE`; while the origin cannot give what is
         missing (unreachable, partitioned), try again after `CATCH_UP_RETRY_S`: the sender has
-        dropped the deferred events from its queue, so nobody else will bring them."""
+        dropped the deferred events from its queue, so nobody else will bring them. Events
+        from `origin` deferred meanwhile (`fill`) join the next try."""
+        key = (room_id, origin)
+        pending = self._catching_up[key]
         try:
             for delay in (0.0, *CATCH_UP_RETRY_S):
                 await trio.sleep(delay)
+                deferred = list(pending)
+                pending.clear()
                 verdicts, history = await self._fill(
                     room_id, origin, deferred, MAX_HISTORY_EVENTS, HISTORY_PAGE
                 )
-                deferred = [
+                arrived = list(pending)  # deferred by `fill` while we fetched
+                pending[:] = [
                     (obj, v)
                     for (obj, _), v in zip(deferred, verdicts, strict=True)
                     if v.outcome is Outcome.DEFERRED
-                ]
-                if not deferred or history.complete:
-                    return
+                ] + arrived
+                if not pending or (history.complete and not arrived):
+                    return  # placed, or the origin has nothing more to give
                 logger.info(
                     "catching up %s from %s: %d events still missing",
                     room_id,
@@ -299,4 +308,4 @@ class GapFiller:
         except Exception:
             logger.exception("catching up %s from %s failed", room_id, origin[:12])
         finally:
-            self._catching_up.discard(room_id)
+            del self._catching_up[key]
