@@ -68,6 +68,10 @@ async def test_a_restarted_node_resends_what_it_had_queued(tmp_path: Path) -> No
             b = await start_node(stack, tmp_path / "b", port=b_port)
             a = await start_node(stack, tmp_path / "a")
             assert a.peer_book.resolve(b.identifier) == ("127.0.0.1", b_port)  # from the store
+            # a came back on a new port: tell b, as discovery would, so that b can fetch from a
+            # whatever it finds missing while the queue drains.
+            a_address = address_of(a)
+            await b.add_peer_address(a.identifier, a_address.host, a_address.port)
             await wait_for(lambda: _has_events(b, room, sent))
 
             async def drained() -> bool:
