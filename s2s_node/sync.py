@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from s2s_node.core.auth import StateKey
-from s2s_node.core.canonical import JsonDict, encode_canonical_json
+from s2s_node.core.canonical import JsonDict
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId, RoomId
 from s2s_node.core.room import EventStatus, RoomGraph
@@ -155,7 +155,8 @@ class EventStream:
         entries = self._entries
         if len(entries) == entries.maxlen:
             self.held_bytes -= entries[0].size  # the deque drops it
-        entry = StreamEntry(self.position, pdu, len(encode_canonical_json(pdu.json)))
+        # The Pdu was checked when it was parsed or built: the trusted encoder measures it.
+        entry = StreamEntry(self.position, pdu, len(pdu.canonical_bytes()))
         entries.append(entry)
         self.held_bytes += entry.size
         while self.held_bytes > self._memory_bytes and len(entries) > 1:
