@@ -367,30 +367,29 @@ _LENIENT_DECODER = json.JSONDecoder(
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
+# A JSON string literal (unrolled, so the regex engine never backtracks), everything that is not
+# a bracket, and an innermost empty pair of brackets: the nesting pre-scan below runs in C.
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+
+
 def _nesting_depth_exceeds(text: str, limit: int) -> bool:
-    """True if brackets outside strings nest deeper than `limit` (cheap pre-scan)."""
+    """True if brackets outside strings nest deeper than `limit` (cheap pre-scan).
+
+    Strings and every non-bracket character are removed, then innermost pairs are peeled one
+    level per pass: more than `limit` passes means deeper than `limit`. Text that is not
+    balanced stops peeling early and is left to the decoder to refuse.
+    """
     if text.count("[") + text.count("{") <= limit:
         return False
-    depth = 0
-    in_string = False
-    escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
+    skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(limit):
+        peeled = _EMPTY_PAIR.sub("", skeleton)
+        if not peeled or peeled == skeleton:
+            return False
+        skeleton = peeled
+    return True
 
 
 def parse_json(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> JsonValue:

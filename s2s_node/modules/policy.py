@@ -243,9 +243,10 @@ class PolicyModule(Module):
             event.room_id, event.sender, target
         ):
             return
-        if await self.context.is_s2s_room(event.room_id):
+        rules = self._rules_of(origin, self.context.identifier)
+        if not rules or await self.context.is_s2s_room(event.room_id):
             return
-        rule = find_matching_rule(self._rules_of(origin, self.context.identifier), event.json)
+        rule = find_matching_rule(rules, event.json)
         if rule is not None:
             self.refused_incoming += 1
             raise PolicyRefusal(rule, owner=self.context.identifier)

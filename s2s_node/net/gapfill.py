@@ -68,8 +68,9 @@ Known = Callable[[Collection[EventId]], Awaitable[set[EventId]]]
 
 
 def _event_id_of(obj: object, rules: RoomVersionRules) -> tuple[EventId, int, list[EventId]] | None:
+    # `obj` came in a response body through the strict decoder: its values are checked.
     try:
-        pdu = parse_pdu(obj, rules, check_counts=False)
+        pdu = parse_pdu(obj, rules, check_counts=False, check_values=False)
     except EventFormatError:
         return None
     return pdu.event_id, pdu.depth, [*pdu.prev_events, *pdu.auth_event_ids]
