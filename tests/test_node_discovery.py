@@ -84,6 +84,8 @@ async def test_two_nodes_discover_verify_open_a_room_and_see_departure(tmp_path:
                     assert set(seen.encodings) == {"json", "cbor"}
                     assert a.peer_book.resolve(b.identifier) == b.federation_address
                     assert a.peer_book.reads_cbor(b.identifier)
+                    # The watcher task may not have taken the VERIFIED change off its stream yet.
+                    await until(lambda: ChangeKind.VERIFIED in kinds(changes, b.identifier))
                     assert kinds(changes, b.identifier)[:2] == [
                         ChangeKind.ADDED,
                         ChangeKind.VERIFIED,
