@@ -238,17 +238,21 @@ class NodeRooms:
             last = start + INGEST_CHUNK >= len(objs)
 
             def run(store: Store, chunk: list[int] = chunk) -> tuple[list[Verdict], list[Pdu]]:
+                # One SQL transaction for the chunk (each event a savepoint in it): nothing of
+                # it is acknowledged (verdicts, subscribers) before this COMMIT, and an error
+                # rolls the whole chunk back.
                 if rules is not None:
-                    store.create_room(room_id, rules)
-                graph = self._graph(store, room_id)
-                results = ingest_batch(
-                    [objs[i] for i in chunk], graph, derived_keys, values_checked=values_checked
-                )
-                accepted = [
-                    graph.get_event(v.event_id)
-                    for v in results
-                    if v.outcome is Outcome.ACCEPTED and not v.duplicate and v.event_id
-                ]
+                    store.create_room(room_id, rules)  # its own transaction: the graph is cached
+                with store.transaction():
+                    graph = self._graph(store, room_id)
+                    results = ingest_batch(
+                        [objs[i] for i in chunk], graph, derived_keys, values_checked=values_checked
+                    )
+                    accepted = [
+                        graph.get_event(v.event_id)
+                        for v in results
+                        if v.outcome is Outcome.ACCEPTED and not v.duplicate and v.event_id
+                    ]
                 return results, accepted
 
             results, accepted = await self.astore.write(run)

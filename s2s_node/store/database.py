@@ -143,7 +143,10 @@ class Database:
 
         Hooks registered with `on_commit` run after the outermost COMMIT succeeded, those of
         `on_rollback` after it was rolled back (in both cases outside the lock-free window:
-        still under this database's lock).
+        still under this database's lock). When a savepoint is rolled back (the outer
+        transaction goes on), the `on_commit` hooks registered inside it are dropped and its
+        `on_rollback` hooks run at once (they stay registered for the outer transaction, so a
+        rollback hook must be safe to run twice).
         """
         with self._lock, translate_errors(self.path):
             conn = self.conn
@@ -151,6 +154,7 @@ class Database:
             name = f"s{depth}"
             conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT {name}")
             self._depth = depth + 1
+            commit_mark, rollback_mark = len(self._on_commit), len(self._on_rollback)
             try:
                 yield conn
             except BaseException:
@@ -160,6 +164,9 @@ class Database:
                 else:
                     conn.execute(f"ROLLBACK TO {name}")
                     conn.execute(f"RELEASE {name}")
+                    del self._on_commit[commit_mark:]
+                    for hook in self._on_rollback[rollback_mark:]:
+                        hook()
                 raise
             self._depth = depth
             if depth > 0:

@@ -9,8 +9,11 @@ groups, the forward extremities, and the auth-chain index of the room's state ev
 One event, one transaction: `commit` writes the event row (canonical JSON, status, rejection
 reason), its prev and auth edges, the groups of the state before and after it, the forward
 extremities and the current state together; the in-memory caches change only after the COMMIT
-returned (hooks of `Database.on_commit`), and a rollback clears them. With the store's WAL
-settings the event is then durable against kill -9 (see `database`).
+returned, and a rollback clears them. With the store's WAL settings the event is then durable
+against kill -9 (see `database`). Called inside an open transaction (`Store.transaction`, as
+`NodeRooms.ingest` does for a batch), the event is a savepoint of it: the caches follow at once
+(the next event of the batch reads them), and a rollback of the outer transaction, or of the
+savepoint, clears them; the events are durable when the outer transaction commits.
 
 State maps are handed out as `core.state_snapshot.StateSnapshot`s and recognised again by
 identity when RoomGraph passes them back to `commit`, so a new group costs a delta of the keys
@@ -122,6 +125,10 @@ class SqliteRoomStore:
         self._current_group: int | None = None
         self._current_known = False
         self._auth_index: AuthChainIndex | None = None
+        # Event IDs the writer looked up and this room does not have (a new event is looked up
+        # several times before it is stored: the duplicate check, the graph's own). Only the
+        # writer stores events, so an answer stays true until its `commit` of that event.
+        self._absent: set[EventId] = set()
 
     # -- RoomStore: reads
 
@@ -129,11 +136,14 @@ class SqliteRoomStore:
         pdu = self._pdus.get(event_id)
         if pdu is not None:
             return pdu
+        if event_id in self._absent:
+            return None
         row = self._db.fetch_one(
             "SELECT json FROM events WHERE event_id = ? AND room_nid = ?",
             (event_id, self.room_nid),
         )
         if row is None:
+            self._remember_absent(event_id)
             return None
         pdu = self._parse(event_id, row[0])
         self._pdus.put(event_id, pdu)
@@ -148,16 +158,25 @@ class SqliteRoomStore:
         admission = self._admissions.get(event_id)
         if admission is not None:
             return admission
+        if event_id in self._absent:
+            return None
         row = self._db.fetch_one(
             "SELECT status, failed_check, rule, detail FROM events"
             " WHERE event_id = ? AND room_nid = ?",
             (event_id, self.room_nid),
         )
         if row is None:
+            self._remember_absent(event_id)
             return None
         admission = _admission(event_id, row)
         self._admissions.put(event_id, admission)
         return admission
+
+    def _remember_absent(self, event_id: EventId) -> None:
+        if self._writer:
+            if len(self._absent) >= CACHE_PDUS:
+                self._absent.clear()
+            self._absent.add(event_id)
 
     def get_state_before(self, event_id: EventId) -> StateSnapshot | None:
         return self._state_of(event_id, "before_group")
@@ -296,6 +315,9 @@ class SqliteRoomStore:
             raise ValueError(f"the admission is for {admission.event_id}, not {event_id}")
         db, groups = self._db, self._groups
         with db.transaction() as conn:
+            # First: RoomGraph changed the auth-chain index before calling us, and a rollback
+            # (of this transaction or of an outer one) must not leave that behind.
+            db.on_rollback(self.forget_caches)
             if conn.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
                 raise ValueError(f"{event_id} is already stored")
             nid_of = self._nids(conn, {*pdu.prev_events, *pdu.auth_event_ids})
@@ -380,24 +402,24 @@ class SqliteRoomStore:
                     (current_group, self.room_nid),
                 )
 
-            def committed() -> None:
-                self._pdus.put(event_id, pdu)
-                self._admissions.put(event_id, admission)
-                self._rows.put(event_id, (event_nid, before_group, after_group))
-                for group, state in (
-                    (before_group, state_before),
-                    (after_group, state_after),
-                    (current_group, current_state),
-                ):
-                    if group is not None and state is not None:
-                        groups.remember(group, StateSnapshot.of(state))
-                if forward_extremities is not None and self._writer:
-                    self._extremities = forward_extremities
-                if current_state is not None and self._writer:
-                    self._current_group, self._current_known = current_group, True
-
-            db.on_commit(committed)
-            db.on_rollback(self.forget_caches)
+        # Committed, or (inside an outer transaction, e.g. a batch of `NodeRooms.ingest`) the
+        # savepoint released: later events of the batch read these caches, and a rollback of
+        # the outer transaction drops them all (`forget_caches`, registered above).
+        self._absent.discard(event_id)
+        self._pdus.put(event_id, pdu)
+        self._admissions.put(event_id, admission)
+        self._rows.put(event_id, (event_nid, before_group, after_group))
+        for group, state in (
+            (before_group, state_before),
+            (after_group, state_after),
+            (current_group, current_state),
+        ):
+            if group is not None and state is not None:
+                groups.remember(group, StateSnapshot.of(state))
+        if forward_extremities is not None and self._writer:
+            self._extremities = forward_extremities
+        if current_state is not None and self._writer:
+            self._current_group, self._current_known = current_group, True
 
     def get_forward_extremities_in(self, conn: sqlite3.Connection) -> frozenset[EventId]:
         """The forward extremities as the open transaction of `conn` sees them."""
@@ -427,6 +449,7 @@ class SqliteRoomStore:
         self._extremities = None
         self._current_group, self._current_known = None, False
         self._auth_index = None
+        self._absent.clear()
         self._groups.forget_all()
 
 

@@ -152,6 +152,8 @@ class Store:
                     "INSERT INTO rooms (room_id, room_version) VALUES (?, ?)",
                     (room_id, rules.version),
                 )
+                # Inside an outer transaction that is rolled back, the room is gone again.
+                self._db.on_rollback(lambda: self._forget_room(room_id))
             elif row[0] != rules.version:
                 raise ValueError(
                     f"{room_id} is stored as room version {row[0]}, not {rules.version}"
@@ -187,6 +189,10 @@ class Store:
             )
             self._rooms[room_id] = room
             return room
+
+    def _forget_room(self, room_id: RoomId) -> None:
+        with self._rooms_lock:
+            self._rooms.pop(room_id, None)
 
     def rooms(self) -> list[tuple[RoomId, str]]:
         """Every stored room and its room version."""
