@@ -62,7 +62,13 @@ from s2s_node.net.fed_membership import (
     check_template,
 )
 from s2s_node.net.federation import V1, V2, FederationApi, build_routes
-from s2s_node.net.gapfill import HISTORY_PAGE, MAX_HISTORY_EVENTS, GapFiller, fetch_history
+from s2s_node.net.gapfill import (
+    HISTORY_PAGE,
+    MAX_HISTORY_EVENTS,
+    GapFiller,
+    History,
+    fetch_history,
+)
 from s2s_node.net.outbound import BackoffPolicy, OutboundSenders
 from s2s_node.net.peer_fetch import PeerFetcher, open_peer_fetcher
 from s2s_node.net.peering import PeerChangeStream, Peering, PeeringTiming
@@ -438,7 +444,7 @@ class Node:
                 max_events=MAX_HISTORY_EVENTS,
                 page=JOIN_HISTORY_PAGE,
             )
-            objs = _dedupe([*auth_chain, *state, *history.events], rules)
+            objs = _merge_history([*auth_chain, *state], history, rules)
             verdicts = await self.rooms.ingest(room_id, objs, rules=rules, values_checked=True)
             refused = [v for v in verdicts if v.outcome is Outcome.DEFERRED]
             if refused:
@@ -560,9 +566,11 @@ def _prune_txns(store: Store, *, older_than_ms: int) -> int:
     return store.received_txns.prune(older_than_ms)
 
 
-def _dedupe(objs: Sequence[Any], rules: Any) -> list[JsonDict]:
-    """Events by ID, once each, sorted by depth (parents first); unparsable ones dropped here
-    (the pipeline would drop them too). `objs` came through the strict decoder (values checked)."""
+def _merge_history(objs: Sequence[Any], history: History, rules: Any) -> list[JsonDict]:
+    """`objs` (send_join's auth chain and state) and the fetched history as events by ID, once
+    each (the first copy), sorted by depth (parents first); unparsable ones of `objs` dropped
+    here (the pipeline would drop them too). `objs` came through the strict decoder (values
+    checked); the history's events come with their IDs and depths (`History.keys`)."""
     by_id: dict[EventId, tuple[int, JsonDict]] = {}
     for obj in objs:
         try:
@@ -570,6 +578,8 @@ def _dedupe(objs: Sequence[Any], rules: Any) -> list[JsonDict]:
         except EventFormatError:
             continue
         by_id.setdefault(pdu.event_id, (pdu.depth, obj))
+    for (depth, event_id), obj in zip(history.keys, history.events, strict=True):
+        by_id.setdefault(event_id, (depth, obj))
     return [obj for _, (_, obj) in sorted(by_id.items(), key=lambda i: (i[1][0], i[0]))]
 
 

@@ -26,14 +26,15 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import trio
 
 from s2s_node.core.canonical import JsonDict
-from s2s_node.core.events import EventFormatError, parse_pdu
 from s2s_node.core.ids import EventId, RoomId, ServerName
 from s2s_node.core.ingest import Outcome, Verdict
 from s2s_node.core.rules import RoomVersionRules
+from s2s_node.core.signing import compute_event_id
 from s2s_node.net.client import FederationClient, FederationClientError, build_path
 from s2s_node.rooms import NodeRooms
 
@@ -57,9 +58,14 @@ MAX_SINGLE_FETCHES = 50
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class History:
-    """Events fetched from a peer, parents first; `complete` when nothing cited is missing."""
+    """Events fetched from a peer, parents first; `complete` when nothing cited is missing.
+
+    `keys[i]` is `(depth, event ID)` of `events[i]` (each ID once), so that a caller merging
+    other events in need not hash these again.
+    """
 
     events: list[JsonDict]
+    keys: list[tuple[int, EventId]]
     complete: bool
     missing: frozenset[EventId]
 
@@ -68,12 +74,25 @@ Known = Callable[[Collection[EventId]], Awaitable[set[EventId]]]
 
 
 def _event_id_of(obj: object, rules: RoomVersionRules) -> tuple[EventId, int, list[EventId]] | None:
-    # `obj` came in a response body through the strict decoder: its values are checked.
-    try:
-        pdu = parse_pdu(obj, rules, check_counts=False, check_values=False)
-    except EventFormatError:
+    """The event ID, depth and cited events of a fetched event, or None if it lacks them.
+
+    Only what the walk needs: the event ID (the reference hash), the depth to order by, and
+    the prev and auth events to walk on. The full format check is the pipeline's, when the
+    event is ingested (a malformed event fetched here is dropped there); `obj` came in a
+    response body through the strict decoder, so its values are JSON values.
+    """
+    if not isinstance(obj, dict):
         return None
-    return pdu.event_id, pdu.depth, [*pdu.prev_events, *pdu.auth_event_ids]
+    depth = obj.get("depth")
+    prev_events = obj.get("prev_events")
+    auth_events = obj.get("auth_events")
+    if type(depth) is not int or not _is_id_list(prev_events) or not _is_id_list(auth_events):
+        return None
+    return compute_event_id(obj, rules), depth, [*prev_events, *auth_events]
+
+
+def _is_id_list(value: object) -> TypeGuard[list[EventId]]:
+    return type(value) is list and all(type(v) is str for v in value)
 
 
 async def fetch_history(
@@ -131,6 +150,7 @@ async def fetch_history(
     ordered = sorted(pool.items(), key=lambda item: (item[1][0], item[0]))
     return History(
         events=[obj for _, (_, obj, _) in ordered],
+        keys=[(depth, event_id) for event_id, (depth, _, _) in ordered],
         complete=not wanted,
         missing=frozenset(wanted),
     )
