@@ -16,20 +16,25 @@ Spec: server-server API, digest 8.1-8.4 and 8.7 (`version`); DESIGN.md section 7
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import trio
 
 from s2s_node import __version__
-from s2s_node.core.canonical import JsonDict, JsonValue
+from s2s_node.core.canonical import (
+    JsonDict,
+    JsonValue,
+    encode_canonical_json_trusted,
+    parse_json_object,
+)
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId, RoomId, ServerName
 from s2s_node.core.ingest import Outcome, Verdict
 from s2s_node.core.keys import SigningKey
 from s2s_node.core.peers import build_key_document
 from s2s_node.core.room import RoomGraph
+from s2s_node.core.wire import JSON_CONTENT_TYPE, choose_response_type
 from s2s_node.net.auth import AuthenticatedRequest, authenticate_request
 from s2s_node.net.errors import (
     M_BAD_JSON,
@@ -47,7 +52,7 @@ from s2s_node.rooms import (
     compute_auth_chain,
     compute_servers_in_room,
 )
-from s2s_node.store import Store
+from s2s_node.store import SqliteRoomStore, Store
 from s2s_node.store.federation import MAX_TXN_EDUS, MAX_TXN_PDUS
 
 logger = logging.getLogger(__name__)
@@ -321,19 +326,18 @@ class FederationApi:
             raise HttpError(400, M_BAD_JSON, "limit and min_depth must be integers")
         limit = max(0, min(int(limit), MAX_EVENTS_PER_ANSWER))
 
-        def run(graph: RoomGraph) -> JsonDict:
+        def run(graph: RoomGraph) -> list[bytes]:
             starts = [p for e in latest for p in _prev_events_of(graph, EventId(e))]
-            found = walk_prev_events(
+            return walk_prev_events(
                 graph,
                 starts,
                 skip={EventId(e) for e in earliest},
                 limit=limit,
                 min_depth=int(min_depth),
             )
-            return {"events": [p.json for p in found]}
 
-        answer = await self.read_room(request.path_params["roomId"], run, origin=auth.origin)
-        return build_negotiated_response(request, answer)
+        found = await self.read_room(request.path_params["roomId"], run, origin=auth.origin)
+        return build_events_response(request, {}, "events", found)
 
     async def backfill(self, request: Request) -> Response:
         origin = self.authenticate(request).origin
@@ -345,16 +349,12 @@ class FederationApi:
             raise HttpError(400, M_BAD_JSON, "limit must be an integer")
         limit = min(int(limit_text), MAX_EVENTS_PER_ANSWER)
 
-        def run(graph: RoomGraph) -> JsonDict:
-            found = walk_prev_events(graph, [EventId(e) for e in starts], skip=set(), limit=limit)
-            return {
-                "origin": self.identifier,
-                "origin_server_ts": self.now_ms(),
-                "pdus": [p.json for p in found],
-            }
+        def run(graph: RoomGraph) -> list[bytes]:
+            return walk_prev_events(graph, [EventId(e) for e in starts], skip=set(), limit=limit)
 
-        answer = await self.read_room(request.path_params["roomId"], run, origin=origin)
-        return build_negotiated_response(request, answer)
+        found = await self.read_room(request.path_params["roomId"], run, origin=origin)
+        fields: JsonDict = {"origin": self.identifier, "origin_server_ts": self.now_ms()}
+        return build_events_response(request, fields, "pdus", found)
 
 
 async def _no_wait(room_id: str) -> None:
@@ -385,23 +385,34 @@ def walk_prev_events(
     skip: Collection[EventId],
     limit: int,
     min_depth: int = 0,
-) -> list[Pdu]:
+) -> list[bytes]:
     """Breadth-first over prev_events from `starts` (included), not entering `skip`, up to
-    `limit` events of depth >= `min_depth` (digest 8.4, get_missing_events and backfill)."""
-    seen: set[EventId] = set(skip)
-    queue = deque(starts)
-    found: list[Pdu] = []
-    while queue and len(found) < limit:
-        event_id = queue.popleft()
-        if event_id in seen:
-            continue
-        seen.add(event_id)
-        pdu = graph.store.get_pdu(event_id)
-        if pdu is None or pdu.depth < min_depth:
-            continue
-        found.append(pdu)
-        queue.extend(pdu.prev_events)
-    return found
+    `limit` events of depth >= `min_depth` (digest 8.4, get_missing_events and backfill): their
+    stored canonical JSON, in the order of the walk. `graph` is on the node's store (one
+    recursive query there, `SqliteRoomStore.walk_prev_events`)."""
+    store = graph.store
+    if not isinstance(store, SqliteRoomStore):
+        raise TypeError("walk_prev_events needs a room on the node's store")
+    found = store.walk_prev_events(starts, skip=skip, limit=limit, min_depth=min_depth)
+    return [data for _, data in found]
+
+
+def build_events_response(
+    request: Request, fields: JsonDict, key: str, events: Sequence[bytes]
+) -> Response:
+    """`fields` and, under `key`, the events given as their stored canonical JSON, in what the
+    request's Accept prefers. As JSON the stored bytes are put in as they are (they were
+    checked when stored; no decoding and encoding again), which is the canonical encoding of
+    the whole answer since `key` sorts after every key of `fields`; as CBOR they are decoded
+    first."""
+    if choose_response_type(request.header("accept")) == JSON_CONTENT_TYPE and all(
+        k < key for k in fields
+    ):
+        head = encode_canonical_json_trusted({**fields, key: []})
+        body = b"".join((head[:-3], b"[", b",".join(events), b"]}"))
+        return Response(status=200, headers=(("content-type", JSON_CONTENT_TYPE),), body=body)
+    decoded: list[JsonValue] = [parse_json_object(data) for data in events]
+    return build_negotiated_response(request, {**fields, key: decoded})
 
 
 def build_routes(api: FederationApi, membership: Any) -> list[Route]:

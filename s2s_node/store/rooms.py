@@ -25,8 +25,9 @@ Design: DESIGN.md section 9; issue 4, items 1, 2 and 4. Spec: digest 6.1, 6.5, 8
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Generic, TypeVar
 
 from s2s_node.core.auth import AuthRule, StateKey
@@ -295,6 +296,46 @@ class SqliteRoomStore:
             (event_id,),
         )
         return [EventId(r[0]) for r in rows]
+
+    def walk_prev_events(
+        self,
+        starts: Sequence[EventId],
+        *,
+        skip: Collection[EventId],
+        limit: int,
+        min_depth: int = 0,
+    ) -> list[tuple[EventId, bytes]]:
+        """Breadth-first over the stored prev_events edges from `starts` (included), not
+        entering `skip` nor events below `min_depth`, up to `limit` events of this room: their
+        IDs and stored canonical JSON, in the order of the walk: `starts` in their order, then
+        level by level, each event's prev_events in the order they were stored (one recursive
+        query, whose queue is first in, first out; what get_missing_events and backfill answer,
+        digest 8.4). The CROSS JOINs keep SQLite's loops in that order."""
+        if limit <= 0 or not starts:
+            return []
+        rows = self._db.fetch_all(
+            "WITH RECURSIVE skip(nid) AS ("
+            "  SELECT e.event_nid FROM json_each(?2) AS j JOIN events AS e ON e.event_id = j.value"
+            "), walk(nid) AS ("
+            "  SELECT e.event_nid FROM json_each(?1) AS j"
+            "  CROSS JOIN events AS e ON e.event_id = j.value"
+            "  WHERE e.room_nid = ?3 AND e.depth >= ?4 AND e.event_nid NOT IN skip"
+            "  UNION"
+            "  SELECT e.event_nid FROM walk CROSS JOIN prev_edges AS p ON p.event_nid = walk.nid"
+            "  CROSS JOIN events AS e ON e.event_nid = p.prev_nid"
+            "  WHERE e.room_nid = ?3 AND e.depth >= ?4 AND e.event_nid NOT IN skip"
+            "  LIMIT ?5"
+            ") SELECT e.event_id, e.json FROM walk CROSS JOIN events AS e"
+            " ON e.event_nid = walk.nid",
+            (
+                json.dumps(list(dict.fromkeys(starts))),
+                json.dumps(sorted(set(skip))),
+                self.room_nid,
+                min_depth,
+                limit,
+            ),
+        )
+        return [(EventId(event_id), bytes(data)) for event_id, data in rows]
 
     # -- RoomStore: the write
 
