@@ -7,6 +7,8 @@ Spec: server-server API "Auth events selection"; rooms v10/v11 rules 1 and 2, v1
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable, Mapping
 
 import pytest
 from auth_fixtures import ALICE, BOB, DAVE, VERSIONS, RoomBuilder
@@ -14,11 +16,16 @@ from auth_fixtures import ALICE, BOB, DAVE, VERSIONS, RoomBuilder
 from s2s_node.core.auth import (
     AuthError,
     AuthRule,
+    StateKey,
+    _auth_events_if_valid,
+    _check_auth_events_in_order,
     check_auth,
     check_auth_events,
     compute_auth_keys,
     select_auth_events,
 )
+from s2s_node.core.events import Pdu
+from s2s_node.core.ids import EventId
 
 CREATE = ("m.room.create", "")
 PL = ("m.room.power_levels", "")
@@ -358,3 +365,62 @@ def test_federate_only_literal_false_counts(version: str) -> None:
     room = RoomBuilder(version, create_content={"m.federate": "false"})
     room.join(DAVE)
     room.add(DAVE, "m.room.message", {"body": "hi"})
+
+
+def _outcome(
+    check: Callable[..., dict[StateKey, Pdu]],
+    pdu: Pdu,
+    known: Mapping[EventId, Pdu],
+    rejected: frozenset[EventId],
+) -> object:
+    try:
+        return check(pdu, known, rejected.__contains__)
+    except AuthError as exc:
+        return exc.rule
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_auth_events_one_pass_agrees_with_the_rules_in_order(version: str) -> None:
+    # `check_auth_events` tries all rules in one pass and leaves any failure to the rules in
+    # the spec's order: over lists with duplicates, unselectable, foreign, missing, rejected
+    # and non-state entries, in every order, the result (or the first rule broken) is the
+    # same, and the one pass succeeds whenever the rules do.
+    room = RoomBuilder(version)
+    other = RoomBuilder(version, room_id="!other:example.org", create_content={"x": 1})
+    old_join = room.state[("m.room.member", ALICE)].event_id
+    room.add(ALICE, "m.room.member", {"membership": "join", "displayname": "A"}, state_key=ALICE)
+    message = room.add(ALICE, "m.room.message", {"body": "not state"})
+    wanted = list(room.build(ALICE, "m.room.message", {}).auth_events)
+    candidates = [
+        *wanted,
+        old_join,  # a second sender membership: duplicate
+        room.state[JR].event_id,  # not selectable for a message
+        message.event_id,  # not a state event
+        other.state[("m.room.member", ALICE)].event_id,  # another room
+        other.create.event_id,  # another room's create event
+        EventId("$" + "A" * 43),  # unknown
+    ]
+    known = {**room.events, **other.events}
+    rejections = [frozenset(), frozenset({room.state[PL].event_id}), frozenset({old_join})]
+    if room.rules.room_id_is_create_event_hash:
+        rejections.append(frozenset({room.create.event_id}))
+    lists = [list(p) for n in range(4) for p in itertools.permutations(candidates, n)]
+    lists += [[*wanted, extra] for extra in candidates] + [wanted[::-1]]
+    successes = 0
+    for auth_events in lists:
+        pdu = dataclasses.replace(
+            room.build(ALICE, "m.room.message", {}),
+            auth_events=tuple(auth_events),
+            auth_event_ids=(
+                (room.create.event_id, *auth_events)
+                if room.rules.room_id_is_create_event_hash
+                else tuple(auth_events)
+            ),
+        )
+        for rejected in rejections:
+            in_order = _outcome(_check_auth_events_in_order, pdu, known, rejected)
+            assert _outcome(check_auth_events, pdu, known, rejected) == in_order
+            if isinstance(in_order, dict):
+                successes += 1
+                assert _auth_events_if_valid(pdu, known, rejected.__contains__) == in_order
+    assert successes > 0
