@@ -6,6 +6,7 @@ tests/room_fixtures.py; the benchmark rooms come from tests/vectors/rooms.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from typing import Any
 
@@ -379,3 +380,23 @@ def test_a_strictly_decoded_bench_room_with_values_checked(name: str) -> None:
     assert [verdict.event_id, *(v.event_id for v in verdicts)] == list(room["event_ids"])
     assert {v.outcome for v in verdicts} <= {Outcome.ACCEPTED, Outcome.SOFT_FAILED}
     assert dict(graph.current_state()) == load_bench_room(name).expected
+
+
+def test_verdicts_made_without_init_equal_verdicts_made_with_it(room: RoomFixture) -> None:
+    # `ingest` builds verdicts by setting their slots (a cheaper `Verdict(...)`): every field
+    # must be set, and the value must be the one the dataclass `__init__` makes.
+    accepted = room.message(ALICE, "hi")
+    rejected = room.message(BOB, "x", auth_events=[room.state_id("m.room.join_rules")])
+    verdicts = [
+        ingest(room, accepted.json),
+        ingest(room, accepted.json),  # duplicate
+        ingest(room, rejected.json),
+        ingest(room, tampered(room.message(ALICE, "y"))),  # redacted
+        ingest(room, forged(room.message(ALICE, "z"))),  # dropped
+    ]
+    assert {v.outcome for v in verdicts} >= {Outcome.ACCEPTED, Outcome.REJECTED, Outcome.DROPPED}
+    for verdict in verdicts:
+        rebuilt = Verdict(**{f.name: getattr(verdict, f.name) for f in dataclasses.fields(Verdict)})
+        assert rebuilt == verdict
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            verdict.detail = ""  # type: ignore[misc]
