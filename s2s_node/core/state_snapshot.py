@@ -50,20 +50,42 @@ class StateSnapshot(Mapping[StateKey, EventId]):
 
     def with_entry(self, key: StateKey, event_id: EventId) -> StateSnapshot:
         """This map with `key` set to `event_id` (self if nothing changes)."""
-        if self.get(key) == event_id:
+        base = self._base
+        current = self._overlay.get(key)
+        if current is None:
+            current = base.get(key)
+        if current == event_id:
             return self
         overlay = dict(self._overlay)
         # Keep the overlay canonical: exactly the keys whose event differs from the base.
-        if self._base.get(key) == event_id:
+        if base.get(key) == event_id:
             del overlay[key]
         else:
             overlay[key] = event_id
-        length = self._len if key in self else self._len + 1
-        if len(overlay) > _overlay_limit(len(self._base)):
-            base = dict(self._base)
+        length = self._len if current is not None else self._len + 1
+        if len(overlay) > _MIN_OVERLAY_LIMIT and len(overlay) > _overlay_limit(len(base)):
+            base = dict(base)
             base.update(overlay)
-            return StateSnapshot(base, length=length)
-        return StateSnapshot(self._base, overlay, length=length)
+            return _new_snapshot(base, {}, length)
+        return _new_snapshot(base, overlay, length)
+
+    def changed_keys(self, other: StateSnapshot) -> list[StateKey]:
+        """The keys whose event differs between this map and `other` (absent on one side
+        included), in no particular order.
+
+        Two snapshots over the same base differ only in their overlays: that costs the size of
+        the overlays, not of the maps.
+        """
+        if self is other:
+            return []
+        if self._base is other._base:
+            get, other_get = self.get, other.get
+            return [
+                key
+                for key in self._overlay.keys() | other._overlay.keys()
+                if get(key) != other_get(key)
+            ]
+        return list({key for key, _ in self.to_dict().items() ^ other.to_dict().items()})
 
     def to_dict(self) -> dict[StateKey, EventId]:
         """A fresh plain dict of this map (what state resolution is given)."""
@@ -112,10 +134,33 @@ class StateSnapshot(Mapping[StateKey, EventId]):
         return f"StateSnapshot({self._len} entries, overlay {len(self._overlay)})"
 
 
+# The smallest overlay that makes a new base: small rooms do not rebase at every state event.
+_MIN_OVERLAY_LIMIT = 32
+
+
 def _overlay_limit(base_size: int) -> int:
-    # About sqrt(2 * S) minimises overlay copies plus base copies; never below 32 so that small
-    # rooms do not rebase at every state event.
-    return max(32, isqrt(2 * base_size))
+    # About sqrt(2 * S) minimises overlay copies plus base copies.
+    return max(_MIN_OVERLAY_LIMIT, isqrt(2 * base_size))
+
+
+# `with_entry` runs once per state event received; `StateSnapshot(...)` costs a Python
+# `__init__` with keyword arguments. `_new_snapshot` sets the three slots directly (values the
+# caller computed: `length` is the number of distinct keys). A test pins that it equals a
+# snapshot built by `StateSnapshot(...)`.
+_new_object = object.__new__
+_set_base = StateSnapshot.__dict__["_base"].__set__
+_set_overlay = StateSnapshot.__dict__["_overlay"].__set__
+_set_len = StateSnapshot.__dict__["_len"].__set__
+
+
+def _new_snapshot(
+    base: dict[StateKey, EventId], overlay: dict[StateKey, EventId], length: int
+) -> StateSnapshot:
+    snapshot: StateSnapshot = _new_object(StateSnapshot)
+    _set_base(snapshot, base)
+    _set_overlay(snapshot, overlay)
+    _set_len(snapshot, length)
+    return snapshot
 
 
 EMPTY_STATE = StateSnapshot()

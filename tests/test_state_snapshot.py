@@ -1,0 +1,69 @@
+"""`StateSnapshot`: what `with_entry` makes, and the keys two snapshots differ in.
+
+(The dict behaviour and the memory sharing are pinned in test_room.py.)
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from s2s_node.core.ids import EventId
+from s2s_node.core.state_snapshot import EMPTY_STATE, StateSnapshot
+
+StateKey = tuple[str, str]
+
+
+def _history(ops: list[tuple[int, int]]) -> list[StateSnapshot]:
+    snapshot = EMPTY_STATE
+    history = [snapshot]
+    for key_n, value_n in ops:
+        snapshot = snapshot.with_entry(("t", str(key_n)), EventId(f"${value_n}"))
+        history.append(snapshot)
+    return history
+
+
+def _differing(a: dict[StateKey, EventId], b: dict[StateKey, EventId]) -> set[StateKey]:
+    return {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+
+
+OPS = st.lists(st.tuples(st.integers(0, 50), st.integers(0, 3)), max_size=200)
+
+
+@given(OPS)
+@settings(max_examples=50, deadline=None)
+def test_with_entry_makes_the_snapshot_the_constructor_makes(ops: list[tuple[int, int]]) -> None:
+    # `with_entry` sets the slots itself instead of calling `StateSnapshot(...)`.
+    for snapshot in _history(ops):
+        plain = snapshot.to_dict()
+        rebuilt = StateSnapshot(dict(plain))
+        assert len(snapshot) == len(rebuilt) == len(plain)
+        assert snapshot == rebuilt and dict(snapshot) == plain
+        # The overlay holds exactly the keys whose event differs from the base.
+        assert all(snapshot._base.get(k) != v for k, v in snapshot._overlay.items())
+
+
+@given(OPS, st.data())
+@settings(max_examples=50, deadline=None)
+def test_changed_keys_are_the_keys_whose_event_differs(
+    ops: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    history = _history(ops)
+    for _ in range(10):
+        a = data.draw(st.sampled_from(history))
+        b = data.draw(st.sampled_from(history))
+        changed = a.changed_keys(b)
+        assert len(changed) == len(set(changed))
+        assert set(changed) == _differing(a.to_dict(), b.to_dict())
+        assert set(b.changed_keys(a)) == set(changed)
+        # Against a snapshot of another base (a plain copy), the same keys.
+        assert set(a.changed_keys(StateSnapshot(b.to_dict()))) == set(changed)
+    assert history[-1].changed_keys(history[-1]) == []
+
+
+def test_changed_keys_of_snapshots_that_share_a_base_look_at_their_overlays() -> None:
+    base = EMPTY_STATE.with_entry(("t", "a"), EventId("$1")).with_entry(("t", "b"), EventId("$2"))
+    one = base.with_entry(("t", "c"), EventId("$3"))
+    two = base.with_entry(("t", "a"), EventId("$9"))
+    assert one._base is two._base
+    assert sorted(one.changed_keys(two)) == [("t", "a"), ("t", "c")]
