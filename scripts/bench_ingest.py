@@ -41,6 +41,7 @@ from s2s_node.core.room import EventStatus, MemoryRoomStore, RoomGraph
 from s2s_node.core.rules import RoomVersionRules, rules_for
 from s2s_node.core.signing import KeyRing, redact
 from s2s_node.core.stateres import resolve
+from s2s_node.core.stateres_incremental import IncrementalResolver
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOMS = REPO_ROOT.parent / "shared" / "bench" / "rooms"
@@ -62,17 +63,28 @@ def _time(run: Callable[[], object]) -> float:
 
 
 class _ResolveMeter:
-    """Counts and times `resolve` as the room graph calls it."""
+    """Counts and times state resolution as the room graph asks for it: `resolve` (state
+    before an event at a merge) and `IncrementalResolver.resolve` (the current state)."""
 
     def __init__(self) -> None:
         self.calls = 0
         self.seconds = 0.0
         self._real = resolve
+        self._real_incremental = IncrementalResolver.resolve
+        meter = self
+
+        def incremental(resolver: IncrementalResolver, *args: Any, **kwargs: Any) -> Any:
+            return meter._timed(meter._real_incremental, resolver, *args, **kwargs)
+
+        self.incremental = incremental
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._timed(self._real, *args, **kwargs)
+
+    def _timed(self, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
         try:
-            return self._real(*args, **kwargs)
+            return function(*args, **kwargs)
         finally:
             self.calls += 1
             self.seconds += time.perf_counter() - start
@@ -134,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meter = _ResolveMeter()
     room_module.resolve = meter  # type: ignore[attr-defined]
+    IncrementalResolver.resolve = meter.incremental  # type: ignore[method-assign, assignment]
     ingest_runs: list[float] = []
     ceiling_runs: list[float] = []
     resolve_seconds: list[float] = []

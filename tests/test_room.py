@@ -7,6 +7,7 @@ Spec: digest 3.5 (prev_events, depth), 6.1 (state before/after), 8.3 (outcomes).
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -27,6 +28,7 @@ from s2s_node.core.room import (
 )
 from s2s_node.core.rules import rules_for
 from s2s_node.core.stateres import resolve
+from s2s_node.core.stateres_incremental import IncrementalResolver
 
 UNKNOWN_EVENT = EventId("$" + "B" * 43)
 
@@ -182,6 +184,13 @@ def test_current_state_is_resolved_only_when_the_extremities_states_change(
         return resolve(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr("s2s_node.core.room.resolve", counting)
+    incremental = IncrementalResolver.resolve
+
+    def counting_incremental(self: IncrementalResolver, *args: Any) -> StateSnapshot:
+        calls.append(1)
+        return incremental(self, *args)
+
+    monkeypatch.setattr(IncrementalResolver, "resolve", counting_incremental)
     start = sorted(room.graph.forward_extremities)
     room.add(room.build("m.room.topic", ALICE, {"topic": "a"}, state_key="", prev_events=start))
     assert calls == []  # linear so far

@@ -35,6 +35,7 @@ from s2s_node.core.keys import SigningKey
 from s2s_node.core.rules import RoomVersionRules
 from s2s_node.core.state_snapshot import EMPTY_STATE, StateSnapshot
 from s2s_node.core.stateres import resolve
+from s2s_node.core.stateres_incremental import IncrementalResolver
 
 StateIds = Mapping[StateKey, EventId]
 
@@ -209,6 +210,9 @@ class RoomGraph:
         self.rules = rules
         self.room_id = room_id
         self.store: RoomStore = MemoryRoomStore() if store is None else store
+        # The current state's resolution, kept from one event to the next (forks that stand
+        # for a while call for many resolutions of nearly the same states).
+        self._current_resolver: IncrementalResolver | None = None
 
     # -- queries
 
@@ -395,7 +399,11 @@ class RoomGraph:
         def get_event(event_id: EventId) -> Pdu:
             return pdu if event_id == pdu.event_id else self.get_event(event_id)
 
-        return self._resolve(new_states, get_event)
+        if self._current_resolver is None:
+            self._current_resolver = IncrementalResolver(
+                self.rules, self.store.auth_chains, self.is_rejected
+            )
+        return self._current_resolver.resolve(new_states, get_event)
 
     def _resolve(
         self, states: list[StateIds], get_event: Callable[[EventId], Pdu] | None = None

@@ -1,0 +1,793 @@
+"""Incremental state resolution: a room's current state kept up to date event by event.
+
+Owns: `IncrementalResolver`, which returns exactly what `stateres.resolve` returns for a list
+of state maps, reusing what it computed for the previous list when the two differ in a few
+keys. That is the common case of a room's current state: while two forks stand, every state
+event on one of them changes one key of one input, and the full resolution would redo
+thousands of auth checks to move one entry. Must not: decide anything `stateres.resolve`
+would decide differently (tests compare the two on every call over whole rooms), fetch events
+other than through `get_event`, or do I/O.
+
+Spec: digest section 6 (state resolution v2 and v2.1), as `core.stateres` implements it; the
+pieces are the same (unconflicted state, auth difference, conflicted subgraph, full conflicted
+set, reverse topological power ordering, mainline ordering, iterative auth checks), each kept
+up to date from the changes of its inputs:
+
+- unconflicted state and conflicted set: only the changed keys are looked at again;
+- auth difference: each input's closure (its events and their auth chains) as a mask, grown
+  by the new event's closure when the event it replaces is in that closure (a state event
+  cites the event it supersedes for memberships and power levels), recomputed otherwise;
+- v2.1 conflicted subgraph: membership is re-decided only for events whose auth chain holds a
+  conflicted event that came or went, and for the new ancestors;
+- power ordering: a new event that no event of the ordering depends on is placed where Kahn's
+  algorithm would output it (the first place after its parents whose event sorts after it);
+  anything else rebuilds the ordering;
+- iterative auth checks: a `_Fold` records which keys each check read; a change re-runs only
+  the checks that read a key whose value changed before them, in order.
+
+Anything outside those cases (a different number of inputs, many changed keys, an event
+leaving the power ordering, a new mainline) is recomputed from scratch, the same way.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from s2s_node.core.auth import AuthError, StateKey, check_auth, compute_auth_keys
+from s2s_node.core.authchain import AuthChainIndex
+from s2s_node.core.events import Pdu
+from s2s_node.core.ids import EventId
+from s2s_node.core.rules import RoomVersionRules
+from s2s_node.core.state_snapshot import StateSnapshot
+from s2s_node.core.stateres import (
+    _PL_KEY,
+    GetEvent,
+    IsRejected,
+    _conflicted_subgraph_mask,
+    _power_levels_auth_event,
+    _sender_power,
+    compute_lexicographic_topological_order,
+    is_power_event,
+    split_state,
+)
+
+_INF = float("inf")
+_MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, recompute from scratch
+_MAX_MOVING = 128  # beyond this many events to re-place in the power ordering, re-sort it
+_MIN_GAP = 1e-6  # relative gap between neighbouring positions below which they are renumbered
+BaseLookup = Callable[[StateKey], EventId | None]
+
+
+class _Fold:
+    """Iterative auth checks (digest 6.2) over an ordered list of events, kept up to date.
+
+    Each step is an event at a float position. The value of a key at a position is the last
+    step before it that passed and sets that key, else the base. A step passes if
+    `check_auth` allows it against the values of its auth keys at its position (with its own
+    auth events filling missing or rejected ones, as `stateres._iterative_auth_checks` does).
+    """
+
+    def __init__(
+        self,
+        base: BaseLookup,
+        get_event: GetEvent,
+        is_rejected: IsRejected,
+        auth_keys: Callable[[Pdu], tuple[StateKey, ...]],
+    ) -> None:
+        self.base = base
+        self._get_event = get_event
+        self._is_rejected = is_rejected
+        self._auth_keys = auth_keys
+        self.pos: dict[EventId, float] = {}
+        self._events: dict[EventId, Pdu] = {}
+        self._passed: dict[EventId, bool] = {}
+        self._writers: dict[StateKey, list[tuple[float, EventId]]] = {}
+        self._readers: dict[StateKey, list[tuple[float, EventId]]] = {}
+
+    def value_at(self, key: StateKey, at: float) -> EventId | None:
+        writers = self._writers.get(key)
+        if writers:
+            passed = self._passed
+            for i in range(bisect_left(writers, (at,)) - 1, -1, -1):
+                event_id = writers[i][1]
+                if passed[event_id]:
+                    return event_id
+        return self.base(key)
+
+    def final(self, key: StateKey) -> EventId | None:
+        return self.value_at(key, _INF)
+
+    def remap(self, new_positions: Mapping[EventId, float]) -> None:
+        """Move every step to a new position, in the same order."""
+        self.pos = {event_id: new_positions[event_id] for event_id in self.pos}
+        for table in (self._writers, self._readers):
+            for key, entries in table.items():
+                table[key] = [(new_positions[event_id], event_id) for _at, event_id in entries]
+
+    def written_keys(self) -> Iterable[StateKey]:
+        return self._writers.keys()
+
+    def update(
+        self,
+        *,
+        removed: Iterable[EventId] = (),
+        inserted: Iterable[tuple[Pdu, float]] = (),
+        base_changed: Iterable[StateKey] = (),
+    ) -> set[StateKey]:
+        """Apply the changes and re-run the affected checks; the keys whose value changed
+        somewhere (their final value may have changed) are returned."""
+        agenda: list[tuple[float, EventId]] = []
+        touched: set[StateKey] = set()
+
+        def changed_from(key: StateKey, at: float) -> None:
+            # The value of `key` changed for positions after `at`, up to and including the
+            # next step that passed and sets it (a step reads before it writes).
+            touched.add(key)
+            readers = self._readers.get(key)
+            if not readers:
+                return
+            end = _INF
+            writers = self._writers.get(key)
+            if writers:
+                for p, event_id in writers[bisect_left(writers, (at, "\U0010ffff")) :]:
+                    if p > at and self._passed[event_id]:
+                        end = p
+                        break
+            for item in readers[bisect_left(readers, (at, "\U0010ffff")) :]:
+                if item[0] > end:
+                    break
+                if item[0] > at:
+                    heapq.heappush(agenda, item)
+
+        for key in base_changed:
+            changed_from(key, -_INF)
+        for event_id in removed:
+            at = self.pos.pop(event_id)
+            event = self._events.pop(event_id)
+            passed = self._passed.pop(event_id)
+            own_key = event.state_tuple
+            assert own_key is not None
+            self._writers[own_key].remove((at, event_id))
+            for key in self._auth_keys(event):
+                self._readers[key].remove((at, event_id))
+            if passed:
+                changed_from(own_key, at)
+        for event, at in inserted:
+            event_id = event.event_id
+            own_key = event.state_tuple
+            assert own_key is not None
+            self.pos[event_id] = at
+            self._events[event_id] = event
+            self._passed[event_id] = False
+            insort(self._writers.setdefault(own_key, []), (at, event_id))
+            for key in self._auth_keys(event):
+                insort(self._readers.setdefault(key, []), (at, event_id))
+            heapq.heappush(agenda, (at, event_id))
+
+        done: set[EventId] = set()
+        while agenda:
+            at, event_id = heapq.heappop(agenda)
+            if event_id in done or self.pos.get(event_id) != at:
+                continue
+            done.add(event_id)
+            event = self._events[event_id]
+            now = self._check(event, at)
+            if now is not self._passed[event_id]:
+                self._passed[event_id] = now
+                own_key = event.state_tuple
+                assert own_key is not None
+                changed_from(own_key, at)
+        return touched
+
+    def _check(self, event: Pdu, at: float) -> bool:
+        is_rejected = self._is_rejected
+        get_event = self._get_event
+        auth_state: dict[StateKey, Pdu] = {}
+        incomplete = False
+        for key in self._auth_keys(event):
+            state_id = self.value_at(key, at)
+            if state_id is not None and not is_rejected(state_id):
+                auth_state[key] = get_event(state_id)
+            else:
+                incomplete = True
+        if incomplete:
+            for auth_id in event.auth_event_ids:
+                if is_rejected(auth_id):
+                    continue
+                auth_event = get_event(auth_id)
+                auth_key = auth_event.state_tuple
+                if auth_key is not None and auth_key not in auth_state:
+                    auth_state[auth_key] = auth_event
+        try:
+            check_auth(event, auth_state)
+        except AuthError:
+            return False
+        return True
+
+
+def _changed_keys(old: StateSnapshot, new: StateSnapshot) -> list[StateKey]:
+    """The keys whose event differs between two snapshots; only the overlays are compared
+    when both share a base (as an event's state and its parent's usually do)."""
+    if old._base is new._base:
+        keys = old._overlay.keys() | new._overlay.keys()
+        return [k for k in keys if old.get(k) != new.get(k)]
+    mine = old.to_dict()
+    theirs = new.to_dict()
+    return [k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)]
+
+
+def _without(snapshot: StateSnapshot, key: StateKey) -> StateSnapshot:
+    return StateSnapshot({k: v for k, v in snapshot.items() if k != key})
+
+
+def _between(low: float | None, high: float | None) -> float | None:
+    """A position between two neighbours (None for a side without one); None when floats
+    have no room left between them (the caller renumbers)."""
+    if low is None:
+        return 0.0 if high is None else high - 1.0
+    if high is None:
+        return low + 1.0
+    middle = (low + high) / 2
+    return middle if low < middle < high else None
+
+
+def _crowded(positions: list[float], i: int) -> bool:
+    """Whether the gaps around `positions[i]` are small enough to renumber soon: a float
+    gap halves at each insertion into it, and runs out after about 40."""
+    at = positions[i]
+    room = _MIN_GAP * max(1.0, abs(at))
+    return (i > 0 and at - positions[i - 1] < room) or (
+        i + 1 < len(positions) and positions[i + 1] - at < room
+    )
+
+
+class IncrementalResolver:
+    """`stateres.resolve` for one room, kept up to date between calls.
+
+    `resolve(state_sets, get_event)` returns the same map as `stateres.resolve(rules,
+    state_sets, index, get_event, is_rejected)`, as a `StateSnapshot`. Events, their rejection
+    and the index must only grow between calls (a room graph's do).
+    """
+
+    def __init__(
+        self, rules: RoomVersionRules, index: AuthChainIndex, is_rejected: IsRejected
+    ) -> None:
+        self._rules = rules
+        self._index = index
+        self._is_rejected = is_rejected
+        self._get_event: GetEvent = self._fetch
+        self._caller_get_event: GetEvent | None = None
+        self._valid = False
+        # Per-event facts (events never change).
+        self._pdus: dict[EventId, Pdu] = {}
+        self._auth_keys_of: dict[EventId, tuple[StateKey, ...]] = {}
+        self._power_key_of: dict[EventId, tuple[int, int, str]] = {}
+        self.rebuilds = 0
+        self.updates = 0
+
+    # -- per-event facts
+
+    def _fetch(self, event_id: EventId) -> Pdu:
+        event = self._pdus.get(event_id)
+        if event is None:
+            assert self._caller_get_event is not None
+            event = self._pdus[event_id] = self._caller_get_event(event_id)
+        return event
+
+    def _auth_keys(self, event: Pdu) -> tuple[StateKey, ...]:
+        keys = self._auth_keys_of.get(event.event_id)
+        if keys is None:
+            keys = self._auth_keys_of[event.event_id] = tuple(compute_auth_keys(event))
+        return keys
+
+    def _power_key(self, event: Pdu) -> tuple[int, int, str]:
+        key = self._power_key_of.get(event.event_id)
+        if key is None:
+            power = _sender_power(event, self._get_event)
+            key = self._power_key_of[event.event_id] = (
+                -power,
+                event.origin_server_ts,
+                event.event_id,
+            )
+        return key
+
+    # -- entry point
+
+    def resolve(
+        self, state_sets: Sequence[Mapping[StateKey, EventId]], get_event: GetEvent
+    ) -> StateSnapshot:
+        self._caller_get_event = get_event
+        try:
+            if self._valid and len(state_sets) == len(self._sets) >= 2:
+                changes = self._input_changes(state_sets)
+                if changes is not None:
+                    # Half-updated structures are never reused: valid again only on success.
+                    self._valid = False
+                    result = self._update(state_sets, changes)
+                    self._valid = True
+                    self.updates += 1
+                    return result
+            self._valid = False
+            result = self._rebuild(state_sets)
+            self.rebuilds += 1
+            self._valid = True
+            return result
+        finally:
+            self._caller_get_event = None
+
+    def _input_changes(
+        self, state_sets: Sequence[Mapping[StateKey, EventId]]
+    ) -> list[list[tuple[StateKey, EventId | None, EventId | None]]] | None:
+        changes: list[list[tuple[StateKey, EventId | None, EventId | None]]] = []
+        total = 0
+        for old, new in zip(self._sets, state_sets, strict=True):
+            if old is new:
+                changes.append([])
+                continue
+            if isinstance(old, StateSnapshot) and isinstance(new, StateSnapshot):
+                keys = _changed_keys(old, new)
+            else:
+                keys = [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
+            total += len(keys)
+            if total > _MAX_CHANGED_KEYS:
+                return None
+            changes.append([(k, old.get(k), new.get(k)) for k in keys])
+        return changes
+
+    # -- from scratch
+
+    def _rebuild(self, state_sets: Sequence[Mapping[StateKey, EventId]]) -> StateSnapshot:
+        rules = self._rules
+        index = self._index
+        self._sets = list(state_sets)
+        plain = [dict(s) for s in state_sets]
+        unconflicted, conflicted = split_state(plain)
+        self._unconflicted = unconflicted
+        self._conflicted_values: dict[StateKey, frozenset[EventId]] = {}
+        for key in {k for s in plain for k in s} - unconflicted.keys():
+            self._conflicted_values[key] = frozenset(
+                v for s in plain if (v := s.get(key)) is not None
+            )
+        self._conflicted = set(conflicted)
+        self._conflicted_mask = index.mask_of(conflicted)
+        self._closures = [index.closure_mask(s.values()) for s in plain]
+        self._subgraph = 0
+        self._ancestors = 0
+        if rules.state_res_conflicted_subgraph:
+            self._ancestors = self._ancestors_of(self._conflicted)
+            self._subgraph = _conflicted_subgraph_mask(index, self._conflicted_mask)
+        self._full = self._compute_full_mask()
+        self._events: dict[EventId, Pdu] = {}
+        for event_id in index.ids_of(self._full):
+            self._events[event_id] = self._fetch(event_id)
+        self._rebuild_power_ordering()
+        result = self._result_from_scratch()
+        self._result = StateSnapshot(result)
+        return self._result
+
+    def _ancestors_of(self, event_ids: Iterable[EventId]) -> int:
+        index = self._index
+        mask = 0
+        for event_id in event_ids:
+            mask |= index.chain_mask(event_id)
+        return mask
+
+    def _compute_full_mask(self) -> int:
+        union = 0
+        intersection = -1
+        for closure in self._closures:
+            union |= closure
+            intersection &= closure
+        return self._conflicted_mask | (union & ~intersection) | self._subgraph
+
+    def _base1(self, key: StateKey) -> EventId | None:
+        return None if self._rules.state_res_starts_empty else self._unconflicted.get(key)
+
+    def _rebuild_power_ordering(self) -> None:
+        """Steps 1 and 2 from scratch, then steps 3 and 4 (`_rebuild_mainline`)."""
+        events = self._events
+        graph: dict[EventId, list[EventId]] = {}
+        pending = [e.event_id for e in events.values() if is_power_event(e)]
+        while pending:
+            event_id = pending.pop()
+            if event_id in graph:
+                continue
+            parents = [a for a in events[event_id].auth_event_ids if a in events]
+            graph[event_id] = parents
+            pending.extend(a for a in parents if a not in graph)
+        order = compute_lexicographic_topological_order(
+            graph, lambda event_id: self._power_key(events[event_id])
+        )
+        self._power_nodes: set[EventId] = set(order)
+        self._power_refs: Counter[EventId] = Counter(
+            a for event_id in order for a in events[event_id].auth_event_ids
+        )
+        self._power_order: list[EventId] = order
+        self._power_positions: list[float] = [float(i) for i in range(len(order))]
+        self._power_pos: dict[EventId, float] = {e: float(i) for i, e in enumerate(order)}
+        self._power_crowded = False
+        self._power_keys: list[tuple[int, int, str]] = [self._power_key(events[e]) for e in order]
+        self._power_children: dict[EventId, set[EventId]] = {}
+        for event_id in order:
+            for parent in events[event_id].auth_event_ids:
+                self._power_children.setdefault(parent, set()).add(event_id)
+        self._fold1 = _Fold(self._base1, self._get_event, self._is_rejected, self._auth_keys)
+        self._fold1.update(
+            inserted=[(events[e], p) for e, p in zip(order, self._power_positions, strict=True)]
+        )
+        self._rebuild_mainline()
+
+    def _rebuild_mainline(self) -> None:
+        """Step 3 (mainline ordering of the other events) and step 4 from scratch."""
+        self._mainline_pl = self._fold1.final(_PL_KEY)
+        self._depth_of: dict[EventId, int] = {}
+        mainline: list[EventId] = []
+        pl_event = self._get_event(self._mainline_pl) if self._mainline_pl is not None else None
+        while pl_event is not None:
+            mainline.append(pl_event.event_id)
+            pl_event = _power_levels_auth_event(pl_event, self._get_event)
+        for depth, event_id in enumerate(reversed(mainline), start=1):
+            self._depth_of[event_id] = depth
+        leftover = [e for e in self._events.values() if e.event_id not in self._power_nodes]
+        keyed = sorted(self._mainline_key(e) for e in leftover)
+        self._mainline_keys: list[tuple[int, int, str]] = keyed
+        self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
+        self._fold2 = _Fold(self._fold1.final, self._get_event, self._is_rejected, self._auth_keys)
+        events = self._events
+        self._fold2.update(
+            inserted=[
+                (events[EventId(k[2])], p)
+                for k, p in zip(keyed, self._mainline_positions, strict=True)
+            ]
+        )
+
+    def _mainline_key(self, event: Pdu) -> tuple[int, int, str]:
+        depth_of = self._depth_of
+        walked: list[EventId] = []
+        current: Pdu | None = event
+        depth = 0
+        while current is not None:
+            known = depth_of.get(current.event_id)
+            if known is not None:
+                depth = known
+                break
+            walked.append(current.event_id)
+            current = _power_levels_auth_event(current, self._get_event)
+        for event_id in walked[1:]:
+            depth_of[event_id] = depth
+        return (depth, event.origin_server_ts, event.event_id)
+
+    def _final(self, key: StateKey) -> EventId | None:
+        found = self._unconflicted.get(key)
+        return self._fold2.final(key) if found is None else found
+
+    def _result_from_scratch(self) -> dict[StateKey, EventId]:
+        result: dict[StateKey, EventId] = {}
+        for key in set(self._fold1.written_keys()) | set(self._fold2.written_keys()):
+            value = self._fold2.final(key)
+            if value is not None:
+                result[key] = value
+        if not self._rules.state_res_starts_empty:
+            # v2: the folds start from the unconflicted state, which step 5 restores anyway.
+            pass
+        result.update(self._unconflicted)
+        return result
+
+    # -- from the previous call
+
+    def _update(
+        self,
+        state_sets: Sequence[Mapping[StateKey, EventId]],
+        changes: list[list[tuple[StateKey, EventId | None, EventId | None]]],
+    ) -> StateSnapshot:
+        index = self._index
+        self._sets = list(state_sets)
+
+        # Unconflicted state and conflicted set, for the changed keys only.
+        changed_keys = {key for per_set in changes for key, _old, _new in per_set}
+        added: set[EventId] = set()
+        removed: set[EventId] = set()
+        unconflicted_changed: list[StateKey] = []
+        for key in changed_keys:
+            values = [s.get(key) for s in state_sets]
+            before_u = self._unconflicted.get(key)
+            before_c = self._conflicted_values.get(key, frozenset())
+            first = values[0]
+            if first is not None and all(v == first for v in values):
+                after_u: EventId | None = first
+                after_c: frozenset[EventId] = frozenset()
+            else:
+                after_u = None
+                after_c = frozenset(v for v in values if v is not None)
+            if after_u != before_u:
+                unconflicted_changed.append(key)
+                if after_u is None:
+                    del self._unconflicted[key]
+                else:
+                    self._unconflicted[key] = after_u
+            if after_c != before_c:
+                if after_c:
+                    self._conflicted_values[key] = after_c
+                else:
+                    del self._conflicted_values[key]
+                removed |= before_c - after_c
+                added |= after_c - before_c
+        self._conflicted -= removed
+        self._conflicted |= added
+        self._conflicted_mask &= ~index.mask_of(removed)
+        self._conflicted_mask |= index.mask_of(added)
+
+        # Each input's closure: grown by a new event whose closure holds the one it replaced.
+        for i, per_set in enumerate(changes):
+            closure = self._closures[i]
+            exact = True
+            for _key, old, new in per_set:
+                if new is not None:
+                    p = index.position(new)
+                    closure |= (1 << p) | index.chain_mask_at(p)
+                if old is not None and not (
+                    new is not None and index.chain_mask(new) >> index.position(old) & 1
+                ):
+                    exact = False
+            self._closures[i] = closure if exact else index.closure_mask(state_sets[i].values())
+
+        if self._rules.state_res_conflicted_subgraph and (added or removed):
+            self._update_subgraph(added, removed)
+
+        # The full conflicted set and what entered or left it.
+        old_full = self._full
+        self._full = self._compute_full_mask()
+        entered = index.ids_of(self._full & ~old_full)  # parents first
+        left = index.ids_of(old_full & ~self._full)
+        for event_id in entered:
+            self._events[event_id] = self._fetch(event_id)
+
+        # Steps 1 and 2: the power events of the full conflicted set and their ancestors in it.
+        for event_id in left:
+            del self._events[event_id]
+        base1_changed = [] if self._rules.state_res_starts_empty else unconflicted_changed
+        moved = self._update_power_ordering(entered, set(left), base1_changed)
+        if moved is None:
+            previous = self._result
+            self._rebuild_power_ordering()
+            return self._emit_from_scratch(previous)
+        touched, now_power, no_longer_power = moved
+
+        # Steps 3 and 4: the other events, by mainline ordering.
+        if self._fold1.final(_PL_KEY) != self._mainline_pl:
+            previous = self._result
+            self._rebuild_mainline()
+            return self._emit_from_scratch(previous)
+        fold2_pos = self._fold2.pos
+        removed2 = [e for e in left if e in fold2_pos]
+        removed2 += [e for e in now_power if e in fold2_pos]
+        keys = self._mainline_keys
+        positions = self._mainline_positions
+        for event_id in removed2:
+            i = bisect_left(keys, self._mainline_key(self._fetch(event_id)))
+            del keys[i]
+            del positions[i]
+        # Removed steps leave the fold first, so that renumbering (below) only meets steps
+        # that are in the ordering.
+        touched |= self._fold2.update(removed=removed2, base_changed=list(touched))
+        power_nodes = self._power_nodes
+        arriving = [e for e in entered if e not in power_nodes]
+        arriving += [e for e in no_longer_power if e in self._events]
+        arriving_keys = [self._mainline_key(self._events[e]) for e in arriving]
+        crowded = False
+        for mainline_key in arriving_keys:
+            i = bisect_left(keys, mainline_key)
+            at = _between(
+                positions[i - 1] if i > 0 else None,
+                positions[i] if i < len(positions) else None,
+            )
+            if at is None:
+                self._renumber_mainline()
+                at = _between(positions[i - 1], positions[i])
+                assert at is not None
+            keys.insert(i, mainline_key)
+            positions.insert(i, at)
+            crowded = crowded or _crowded(positions, i)
+        if crowded:
+            self._renumber_mainline()
+        inserted2 = [
+            (self._events[EventId(k[2])], positions[bisect_left(keys, k)]) for k in arriving_keys
+        ]
+        touched |= self._fold2.update(inserted=inserted2)
+        touched.update(unconflicted_changed)
+
+        # Step 5, as a change of the previous result.
+        result = self._result
+        for key in touched:
+            value = self._final(key)
+            if result.get(key) != value:
+                result = result.with_entry(key, value) if value else _without(result, key)
+        self._result = result
+        return result
+
+    def _emit_from_scratch(self, previous: StateSnapshot) -> StateSnapshot:
+        result = self._result_from_scratch()
+        snapshot = previous
+        for key in previous.keys() - result.keys():
+            snapshot = _without(snapshot, key)
+        for key, value in result.items():
+            if snapshot.get(key) != value:
+                snapshot = snapshot.with_entry(key, value)
+        self._result = snapshot
+        return snapshot
+
+    def _update_subgraph(self, added: set[EventId], removed: set[EventId]) -> None:
+        """v2.1 conflicted subgraph after the conflicted set gained `added` and lost `removed`.
+
+        Subgraph = C ∪ {x ∈ ancestors(C) : chain(x) ∩ C ≠ ∅}. Only events whose chain holds an
+        added or removed event, and events entering or leaving ancestors(C), can change.
+        """
+        index = self._index
+        old_ancestors = self._ancestors
+        ancestors = old_ancestors
+        added_chains = 0
+        for event_id in added:
+            added_chains |= index.chain_mask(event_id)
+        ancestors |= added_chains
+        if any(not added_chains >> index.position(r) & 1 for r in removed):
+            ancestors = self._ancestors_of(self._conflicted)
+        self._ancestors = ancestors
+        conflicted = self._conflicted_mask
+        affected = set(index.positions_of(ancestors ^ old_ancestors))
+        for event_id in added | removed:
+            p = index.position(event_id)
+            affected.add(p)
+            affected.update(index.descendants_at(p))
+        subgraph = self._subgraph
+        for p in affected:
+            bit = 1 << p
+            inside = conflicted & bit or (ancestors & bit and index.chain_mask_at(p) & conflicted)
+            subgraph = subgraph | bit if inside else subgraph & ~bit
+        self._subgraph = subgraph
+
+    def _update_power_ordering(
+        self, entered: list[EventId], left: set[EventId], base_changed: list[StateKey]
+    ) -> tuple[set[StateKey], list[EventId], list[EventId]] | None:
+        """Steps 1 and 2 after the full conflicted set gained `entered` and lost `left` (and
+        the fold's base changed at `base_changed`).
+
+        Returns the keys the fold touched, the events that joined the ordering and those that
+        left it; None when too much moved (the caller rebuilds it).
+
+        The ordering holds the power events of the full conflicted set and, through auth edges
+        inside it, their ancestors. Events leave it when they left the set or nothing in it
+        cites them any more; events join it as new power events or ancestors of one. The
+        events that depend on a leaving or joining one are taken out and put back: each is
+        placed, parents first, where Kahn's algorithm outputs an event no other depends on
+        (`_place`), which is exact as long as nothing placed later precedes it.
+        """
+        events = self._events
+        nodes = self._power_nodes
+        refs = self._power_refs
+        leaving: set[EventId] = set()
+        pending = [e for e in left if e in nodes]
+        while pending:
+            event_id = pending.pop()
+            if event_id in leaving:
+                continue
+            leaving.add(event_id)
+            for auth_id in self._fetch(event_id).auth_event_ids:
+                refs[auth_id] -= 1
+                if (
+                    auth_id in nodes
+                    and auth_id not in leaving
+                    and refs[auth_id] <= 0
+                    and not is_power_event(self._fetch(auth_id))
+                ):
+                    pending.append(auth_id)
+        remaining = nodes - leaving
+        joining: set[EventId] = set()
+        pending = [e for e in entered if is_power_event(events[e]) or refs[e] > 0]
+        while pending:
+            event_id = pending.pop()
+            if event_id in joining or event_id in remaining:
+                continue
+            joining.add(event_id)
+            pending.extend(a for a in events[event_id].auth_event_ids if a in events)
+        if not leaving and not joining:
+            return self._fold1.update(base_changed=base_changed), [], []
+        # Events of the ordering that depend on a leaving or joining one move too.
+        children = self._power_children
+        moving: set[EventId] = set()
+        pending = [c for e in leaving | joining for c in children.get(e, ())]
+        while pending:
+            event_id = pending.pop()
+            if event_id in moving or event_id not in remaining:
+                continue
+            moving.add(event_id)
+            pending.extend(children.get(event_id, ()))
+        if len(moving) > _MAX_MOVING:
+            return None
+        for event_id in leaving | moving:
+            self._detach(event_id)
+        # Taken-out steps leave the fold first, so that renumbering (in `_place`) only meets
+        # steps that are in the ordering.
+        touched = self._fold1.update(removed=leaving | moving, base_changed=base_changed)
+        placing = sorted(joining | moving, key=self._index.position)
+        for event_id in placing:
+            self._place(event_id, joins=event_id in joining)
+        if self._power_crowded:
+            self._renumber_power()
+        touched |= self._fold1.update(inserted=[(events[e], self._power_pos[e]) for e in placing])
+        self._power_refs_prune()
+        return touched, sorted(joining - leaving), sorted(leaving - joining)
+
+    def _renumber_power(self) -> None:
+        self._power_crowded = False
+        self._power_positions[:] = [float(i) for i in range(len(self._power_order))]
+        self._power_pos.clear()
+        self._power_pos.update((e, float(i)) for i, e in enumerate(self._power_order))
+        self._fold1.remap(self._power_pos)
+
+    def _renumber_mainline(self) -> None:
+        self._mainline_positions[:] = [float(i) for i in range(len(self._mainline_keys))]
+        self._fold2.remap({EventId(k[2]): float(i) for i, k in enumerate(self._mainline_keys)})
+
+    def _power_refs_prune(self) -> None:
+        refs = self._power_refs
+        if len(refs) > 4 * len(self._power_nodes) + 64:
+            self._power_refs = Counter({k: v for k, v in refs.items() if v > 0})
+
+    def _detach(self, event_id: EventId) -> None:
+        """Take an event out of the power ordering (its refs were dropped by the caller if
+        it is leaving; a moving event's are dropped here and restored by `_place`)."""
+        at = self._power_pos.pop(event_id)
+        i = bisect_left(self._power_positions, at)
+        del self._power_order[i]
+        del self._power_positions[i]
+        del self._power_keys[i]
+        self._power_nodes.discard(event_id)
+        children = self._power_children
+        for auth_id in self._fetch(event_id).auth_event_ids:
+            siblings = children.get(auth_id)
+            if siblings is not None:
+                siblings.discard(event_id)
+
+    def _place(self, event_id: EventId, *, joins: bool) -> float:
+        """Put an event no ordered event depends on where Kahn's algorithm outputs it
+        (digest 6.2 sort): at the first step after its parents at which it sorts before the
+        event the old run output there; the other events keep their order."""
+        event = self._events[event_id]
+        positions = self._power_positions
+        power_keys = self._power_keys
+        power_pos = self._power_pos
+        start = 0
+        children = self._power_children
+        for parent in event.auth_event_ids:
+            # Every auth event, in the ordering or not: one that joins it later must know
+            # which ordered events depend on it.
+            children.setdefault(parent, set()).add(event_id)
+            at_parent = power_pos.get(parent)
+            if at_parent is not None:
+                start = max(start, bisect_left(positions, at_parent) + 1)
+        if joins:
+            self._power_refs.update(event.auth_event_ids)
+        key = self._power_key(event)
+        i = start
+        n = len(power_keys)
+        while i < n and not key < power_keys[i]:
+            i += 1
+        at = _between(positions[i - 1] if i > 0 else None, positions[i] if i < n else None)
+        if at is None:
+            self._renumber_power()
+            at = _between(positions[i - 1], positions[i])
+            assert at is not None
+        self._power_order.insert(i, event_id)
+        positions.insert(i, at)
+        if _crowded(positions, i):
+            self._power_crowded = True
+        power_keys.insert(i, key)
+        power_pos[event_id] = at
+        self._power_nodes.add(event_id)
+        return at
+
+
+__all__ = ["IncrementalResolver"]

@@ -1,0 +1,151 @@
+"""The incremental resolver of a room's current state returns what `stateres.resolve` returns.
+
+Every call the room graph makes is checked against a full resolution of the same inputs:
+benchmark rooms delivered in file order (one fork after the other: hundreds of resolutions of
+nearly the same states) and in random causal orders (extremities come and go, forks
+interleave, merges), plus forks built here to reach the cases the files lack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from room_fixtures import ALICE, BOB, CAROL, RoomFixture, bench_room_names, user
+from test_room import _cached_pdus, _topological_order
+
+from s2s_node.core.room import EventStatus, RoomGraph
+from s2s_node.core.state_snapshot import StateSnapshot
+from s2s_node.core.stateres import resolve
+from s2s_node.core.stateres_incremental import IncrementalResolver
+
+
+class Checked:
+    """Counts the incremental resolutions and remembers any that differ from `resolve`."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.mismatches: list[int] = []
+
+
+@pytest.fixture
+def checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[Checked]:
+    record = Checked()
+    real = IncrementalResolver.resolve
+
+    def checking(self: IncrementalResolver, state_sets: Any, get_event: Any) -> StateSnapshot:
+        got = real(self, state_sets, get_event)
+        want = resolve(
+            self._rules,
+            [dict(s) for s in state_sets],
+            self._index,
+            get_event,
+            self._is_rejected,
+        )
+        if dict(got) != want:
+            record.mismatches.append(record.calls)
+        record.calls += 1
+        return got
+
+    monkeypatch.setattr(IncrementalResolver, "resolve", checking)
+    yield record
+
+
+@pytest.mark.parametrize("name", bench_room_names())
+def test_file_order_matches_full_resolution_at_every_event(name: str, checked: Checked) -> None:
+    pdus = _cached_pdus(name)
+    graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
+    for pdu in pdus:
+        graph.add(pdu)
+    assert checked.calls > 0
+    assert checked.mismatches == []
+    resolver = graph._current_resolver
+    assert resolver is not None and resolver.updates > resolver.rebuilds
+
+
+@pytest.mark.parametrize("name", bench_room_names())
+@given(data=st.data())
+@settings(max_examples=8, deadline=None, derandomize=True)
+def test_random_causal_orders_match_full_resolution(name: str, data: st.DataObject) -> None:
+    pdus = _cached_pdus(name)
+    order = data.draw(_topological_order(pdus))
+    record = Checked()
+    real = IncrementalResolver.resolve
+
+    def checking(self: IncrementalResolver, state_sets: Any, get_event: Any) -> StateSnapshot:
+        got = real(self, state_sets, get_event)
+        want = resolve(
+            self._rules, [dict(s) for s in state_sets], self._index, get_event, self._is_rejected
+        )
+        if dict(got) != want:
+            record.mismatches.append(record.calls)
+        record.calls += 1
+        return got
+
+    # (Hypothesis runs the body many times per test; a fixture would be shared by them.)
+    IncrementalResolver.resolve = checking  # type: ignore[method-assign]
+    try:
+        graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
+        for pdu in order:
+            graph.add(pdu)
+    finally:
+        IncrementalResolver.resolve = real  # type: ignore[method-assign]
+    assert record.mismatches == []
+
+
+def _with_alice_power(version: str, event_type: str, content: dict[str, Any]) -> dict[str, Any]:
+    # Before v12 the creator's power comes from the power levels like anyone's.
+    if version != "12" and event_type == "m.room.power_levels":
+        return {"users": {ALICE: 100, **content["users"]}}
+    return content
+
+
+DAVE = user("dave", 3)
+ERIN = user("erin", 4)
+
+
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+def test_forks_with_kicks_bans_power_changes_and_convergence(
+    version: str, checked: Checked
+) -> None:
+    """Two forks that kick, ban, promote, rename and finally agree on a key again."""
+    room = RoomFixture(version, power_users={BOB: 50})
+    for who in (CAROL, DAVE, ERIN):
+        room.add(room.build("m.room.member", who, {"membership": "join"}, state_key=who))
+    fork = sorted(room.graph.forward_extremities)
+    topic = room.add(
+        room.build("m.room.topic", ALICE, {"topic": "x"}, state_key="", prev_events=fork)
+    )
+    a_tip = topic.event_id
+    a_steps: list[tuple[str, str, dict[str, Any], str]] = [
+        ("m.room.member", BOB, {"membership": "leave"}, CAROL),
+        ("m.room.power_levels", ALICE, {"users": {BOB: 60}}, ""),
+        ("m.room.name", BOB, {"name": "a"}, ""),
+    ]
+    b_steps: list[tuple[str, str, dict[str, Any], str]] = [
+        ("m.room.member", ALICE, {"membership": "ban"}, DAVE),
+        ("m.room.member", ERIN, {"membership": "join", "displayname": "E"}, ERIN),
+        ("m.room.topic", ALICE, {"topic": "x"}, ""),
+        ("m.room.power_levels", ALICE, {"users": {CAROL: 50, BOB: 50}}, ""),
+        ("m.room.member", CAROL, {"membership": "leave"}, CAROL),
+        ("m.room.join_rules", ALICE, {"join_rule": "invite"}, ""),
+        ("m.room.member", BOB, {"membership": "ban"}, ERIN),
+    ]
+    for event_type, sender, given_content, state_key in a_steps:
+        content = _with_alice_power(version, event_type, given_content)
+        pdu = room.build(event_type, sender, content, state_key=state_key, prev_events=[a_tip])
+        room.graph.add(pdu)
+        a_tip = pdu.event_id
+    b_tip = fork[0]
+    for event_type, sender, given_content, state_key in b_steps:
+        content = _with_alice_power(version, event_type, given_content)
+        pdu = room.build(event_type, sender, content, state_key=state_key, prev_events=[b_tip])
+        assert room.graph.add(pdu).status is not EventStatus.REJECTED
+        b_tip = pdu.event_id
+    merge = room.build("m.room.message", ALICE, {"msgtype": "m.text", "body": "m"})
+    room.graph.add(merge)
+    assert checked.calls >= len(b_steps)
+    assert checked.mismatches == []
