@@ -207,9 +207,19 @@ class SqliteRoomStore:
         self._rows.put(event_id, row)
         return row
 
-    def _nids(self, conn: sqlite3.Connection, event_ids: Collection[EventId]) -> dict[EventId, int]:
+    def _nids(
+        self,
+        conn: sqlite3.Connection,
+        event_ids: Collection[EventId],
+        known: Mapping[EventId, int] | None = None,
+    ) -> dict[EventId, int]:
+        """The event_nid of each stored one of `event_ids` (`known`, then the cache, then a
+        query)."""
         found: dict[EventId, int] = {}
         for event_id in event_ids:
+            if known is not None and event_id in known:
+                found[event_id] = known[event_id]
+                continue
             row = self._rows.get(event_id)
             if row is not None:
                 found[event_id] = row[0]
@@ -359,28 +369,41 @@ class SqliteRoomStore:
             # First: RoomGraph changed the auth-chain index before calling us, and a rollback
             # (of this transaction or of an outer one) must not leave that behind.
             db.on_rollback(self.forget_caches)
-            if conn.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
-                raise ValueError(f"{event_id} is already stored")
             nid_of = self._nids(conn, {*pdu.prev_events, *pdu.auth_event_ids})
             unknown = [e for e in (*pdu.prev_events, *pdu.auth_event_ids) if e not in nid_of]
             if unknown:
                 raise ValueError(f"{event_id} cites events that are not stored: {unknown}")
-            cur = conn.execute(
-                "INSERT INTO events (event_id, room_nid, type, state_key, depth, json, status,"
-                " failed_check, rule, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    event_id,
-                    self.room_nid,
-                    pdu.type,
-                    pdu.state_key,
-                    pdu.depth,
-                    pdu.canonical_bytes(),
-                    _STATUS_CODE[admission.status],
-                    None if admission.failed_check is None else admission.failed_check.value,
-                    None if admission.rule is None else admission.rule.value,
-                    admission.detail,
-                ),
-            )
+
+            # The state before is usually a map this store handed out (then its group is
+            # known); otherwise (a merge) it is stored against a prev_event's group. The state
+            # after differs only for an accepted state event, whose own row its group names.
+            before_group = groups.cached_group(state_before)
+            if before_group is None:
+                base = self._after_group(conn, pdu.prev_events)
+                before_group = groups.store(conn, self.room_nid, state_before, base)
+            same_state = state_after is state_before
+            try:
+                cur = conn.execute(
+                    "INSERT INTO events (event_id, room_nid, type, state_key, depth, json, status,"
+                    " failed_check, rule, detail, before_group, after_group)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        event_id,
+                        self.room_nid,
+                        pdu.type,
+                        pdu.state_key,
+                        pdu.depth,
+                        pdu.canonical_bytes(),
+                        _STATUS_CODE[admission.status],
+                        None if admission.failed_check is None else admission.failed_check.value,
+                        None if admission.rule is None else admission.rule.value,
+                        admission.detail,
+                        before_group,
+                        before_group if same_state else None,
+                    ),
+                )
+            except sqlite3.IntegrityError:  # the UNIQUE event_id
+                raise ValueError(f"{event_id} is already stored") from None
             event_nid = cur.lastrowid
             assert event_nid is not None
             nid_of[event_id] = event_nid
@@ -392,14 +415,7 @@ class SqliteRoomStore:
                 "INSERT OR IGNORE INTO auth_edges (event_nid, auth_nid) VALUES (?, ?)",
                 [(event_nid, nid_of[a]) for a in pdu.auth_event_ids],
             )
-
-            # State groups: the state before is usually a map this store handed out (then its
-            # group is known); otherwise (a merge) it is stored against a prev_event's group.
-            before_group = groups.cached_group(state_before)
-            if before_group is None:
-                base = self._after_group(conn, pdu.prev_events)
-                before_group = groups.store(conn, self.room_nid, state_before, base)
-            if state_after is state_before:
+            if same_state:
                 after_group = before_group
             else:
                 after_group = groups.store(
@@ -410,19 +426,19 @@ class SqliteRoomStore:
                     delta=_own_delta(pdu, state_before, state_after),
                     nid_of=nid_of,
                 )
-            conn.execute(
-                "UPDATE events SET before_group = ?, after_group = ? WHERE event_nid = ?",
-                (before_group, after_group, event_nid),
-            )
+                conn.execute(
+                    "UPDATE events SET after_group = ? WHERE event_nid = ?",
+                    (after_group, event_nid),
+                )
 
             if forward_extremities is not None:
                 old = self.get_forward_extremities_in(conn)
                 gone = old - forward_extremities
                 new = forward_extremities - old
-                new_nids = self._nids(conn, new)
+                new_nids = self._nids(conn, new, nid_of)
                 if len(new_nids) != len(new):
                     raise ValueError("a forward extremity is not stored")
-                old_nids = self._nids(conn, gone)
+                old_nids = self._nids(conn, gone, nid_of)
                 conn.executemany(
                     "DELETE FROM forward_extremities WHERE room_nid = ? AND event_nid = ?",
                     [(self.room_nid, nid) for nid in old_nids.values()],
