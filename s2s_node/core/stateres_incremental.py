@@ -35,6 +35,8 @@ import heapq
 from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import compress, count, islice
+from typing import Any
 
 from s2s_node.core.auth import AuthError, StateKey, check_auth, compute_auth_keys
 from s2s_node.core.authchain import AuthChainIndex
@@ -57,8 +59,9 @@ from s2s_node.core.stateres import (
 _INF = float("inf")
 _MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, recompute from scratch
 _MAX_MOVING = 128  # beyond this many events to re-place in the power ordering, re-sort it
-_MIN_GAP = 1e-6  # relative gap between neighbouring positions below which they are renumbered
+_MIN_GAP = 1e-9  # relative gap between neighbouring positions below which they are renumbered
 BaseLookup = Callable[[StateKey], EventId | None]
+_UNSET: Any = object()
 
 
 class _Fold:
@@ -86,6 +89,40 @@ class _Fold:
         self._passed: dict[EventId, bool] = {}
         self._writers: dict[StateKey, list[tuple[float, EventId]]] = {}
         self._readers: dict[StateKey, list[tuple[float, EventId]]] = {}
+        # The final value of every key some step sets, as of the end of the last update.
+        self._finals: dict[StateKey, EventId | None] = {}
+
+    def build(self, steps: Iterable[tuple[Pdu, float]]) -> None:
+        """Fill an empty fold with steps in ascending position and run them once, in order
+        (what `update(inserted=...)` would do, without its bookkeeping)."""
+        assert not self.pos
+        state: dict[StateKey, EventId] = {}
+        base = self.base
+        writers = self._writers
+        readers = self._readers
+        passed = self._passed
+
+        if base is _no_base:
+            lookup: BaseLookup = state.get
+        else:
+
+            def lookup(key: StateKey) -> EventId | None:
+                found = state.get(key)
+                return base(key) if found is None else found
+
+        for event, at in steps:
+            event_id = event.event_id
+            own_key = event.state_tuple
+            assert own_key is not None
+            self.pos[event_id] = at
+            self._events[event_id] = event
+            writers.setdefault(own_key, []).append((at, event_id))
+            for key in self._auth_keys(event):
+                readers.setdefault(key, []).append((at, event_id))
+            ok = passed[event_id] = self._check(event, lookup)
+            if ok:
+                state[own_key] = event_id
+        self._finals = {key: self.final(key) for key in writers}
 
     def value_at(self, key: StateKey, at: float) -> EventId | None:
         writers = self._writers.get(key)
@@ -117,8 +154,10 @@ class _Fold:
         inserted: Iterable[tuple[Pdu, float]] = (),
         base_changed: Iterable[StateKey] = (),
     ) -> set[StateKey]:
-        """Apply the changes and re-run the affected checks; the keys whose value changed
-        somewhere (their final value may have changed) are returned."""
+        """Apply the changes and re-run the affected checks; the keys whose final value
+        changed (or whose base did) are returned."""
+        if not removed and not inserted and not base_changed:
+            return set()
         agenda: list[tuple[float, EventId]] = []
         touched: set[StateKey] = set()
 
@@ -142,6 +181,7 @@ class _Fold:
                 if item[0] > at:
                     heapq.heappush(agenda, item)
 
+        base_changed = list(base_changed)
         for key in base_changed:
             changed_from(key, -_INF)
         for event_id in removed:
@@ -150,9 +190,9 @@ class _Fold:
             passed = self._passed.pop(event_id)
             own_key = event.state_tuple
             assert own_key is not None
-            self._writers[own_key].remove((at, event_id))
+            _remove_sorted(self._writers[own_key], (at, event_id))
             for key in self._auth_keys(event):
-                self._readers[key].remove((at, event_id))
+                _remove_sorted(self._readers[key], (at, event_id))
             if passed:
                 changed_from(own_key, at)
         for event, at in inserted:
@@ -174,21 +214,32 @@ class _Fold:
                 continue
             done.add(event_id)
             event = self._events[event_id]
-            now = self._check(event, at)
+            now = self._check(event, lambda key, at=at: self.value_at(key, at))
             if now is not self._passed[event_id]:
                 self._passed[event_id] = now
                 own_key = event.state_tuple
                 assert own_key is not None
                 changed_from(own_key, at)
-        return touched
+        # Only keys whose final value changed (or whose base did) are news for the caller.
+        changed = set(base_changed)
+        finals = self._finals
+        for key in touched:
+            if key in self._writers:
+                value = self.final(key)
+                if finals.get(key, _UNSET) != value:
+                    finals[key] = value
+                    changed.add(key)
+            elif finals.pop(key, _UNSET) is not _UNSET:
+                changed.add(key)
+        return changed
 
-    def _check(self, event: Pdu, at: float) -> bool:
+    def _check(self, event: Pdu, lookup: BaseLookup) -> bool:
         is_rejected = self._is_rejected
         get_event = self._get_event
         auth_state: dict[StateKey, Pdu] = {}
         incomplete = False
         for key in self._auth_keys(event):
-            state_id = self.value_at(key, at)
+            state_id = lookup(key)
             if state_id is not None and not is_rejected(state_id):
                 auth_state[key] = get_event(state_id)
             else:
@@ -206,6 +257,16 @@ class _Fold:
         except AuthError:
             return False
         return True
+
+
+def _no_base(_key: StateKey) -> None:
+    return None
+
+
+def _remove_sorted(entries: list[tuple[float, EventId]], entry: tuple[float, EventId]) -> None:
+    i = bisect_left(entries, entry)
+    assert entries[i] == entry
+    del entries[i]
 
 
 def _changed_keys(old: StateSnapshot, new: StateSnapshot) -> list[StateKey]:
@@ -257,7 +318,16 @@ class IncrementalResolver:
     ) -> None:
         self._rules = rules
         self._index = index
-        self._is_rejected = is_rejected
+        # An event's admission never changes once made (the event being added is accepted).
+        rejected: dict[EventId, bool] = {}
+
+        def is_rejected_cached(event_id: EventId) -> bool:
+            found = rejected.get(event_id)
+            if found is None:
+                found = rejected[event_id] = is_rejected(event_id)
+            return found
+
+        self._is_rejected = is_rejected_cached
         self._get_event: GetEvent = self._fetch
         self._caller_get_event: GetEvent | None = None
         self._valid = False
@@ -383,9 +453,6 @@ class IncrementalResolver:
             intersection &= closure
         return self._conflicted_mask | (union & ~intersection) | self._subgraph
 
-    def _base1(self, key: StateKey) -> EventId | None:
-        return None if self._rules.state_res_starts_empty else self._unconflicted.get(key)
-
     def _rebuild_power_ordering(self) -> None:
         """Steps 1 and 2 from scratch, then steps 3 and 4 (`_rebuild_mainline`)."""
         events = self._events
@@ -414,10 +481,9 @@ class IncrementalResolver:
         for event_id in order:
             for parent in events[event_id].auth_event_ids:
                 self._power_children.setdefault(parent, set()).add(event_id)
-        self._fold1 = _Fold(self._base1, self._get_event, self._is_rejected, self._auth_keys)
-        self._fold1.update(
-            inserted=[(events[e], p) for e, p in zip(order, self._power_positions, strict=True)]
-        )
+        base1 = _no_base if self._rules.state_res_starts_empty else self._unconflicted.get
+        self._fold1 = _Fold(base1, self._get_event, self._is_rejected, self._auth_keys)
+        self._fold1.build(zip((events[e] for e in order), self._power_positions, strict=True))
         self._rebuild_mainline()
 
     def _rebuild_mainline(self) -> None:
@@ -437,12 +503,33 @@ class IncrementalResolver:
         self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
         self._fold2 = _Fold(self._fold1.final, self._get_event, self._is_rejected, self._auth_keys)
         events = self._events
-        self._fold2.update(
-            inserted=[
-                (events[EventId(k[2])], p)
-                for k, p in zip(keyed, self._mainline_positions, strict=True)
-            ]
+        self._fold2.build(
+            zip((events[EventId(k[2])] for k in keyed), self._mainline_positions, strict=True)
         )
+
+    def _extend_mainline(self) -> bool:
+        """Take a new power levels event of the partial state as the mainline's newest end if
+        the old end is on its own mainline: depths count from the oldest end, so every event
+        already ordered keeps its key (only events citing the new ones can reach them)."""
+        new_end = self._fold1.final(_PL_KEY)
+        old_end = self._mainline_pl
+        if new_end is None or old_end is None:
+            return False
+        added: list[EventId] = []
+        current: Pdu | None = self._get_event(new_end)
+        while current is not None and current.event_id != old_end:
+            if current.event_id in self._depth_of or len(added) > 64:
+                return False  # joins the old mainline below its end, or too far back
+            added.append(current.event_id)
+            current = _power_levels_auth_event(current, self._get_event)
+        if current is None:
+            return False
+        depth = self._depth_of[old_end]
+        for event_id in reversed(added):
+            depth += 1
+            self._depth_of[event_id] = depth
+        self._mainline_pl = new_end
+        return True
 
     def _mainline_key(self, event: Pdu) -> tuple[int, int, str]:
         depth_of = self._depth_of
@@ -557,7 +644,7 @@ class IncrementalResolver:
         touched, now_power, no_longer_power = moved
 
         # Steps 3 and 4: the other events, by mainline ordering.
-        if self._fold1.final(_PL_KEY) != self._mainline_pl:
+        if self._fold1.final(_PL_KEY) != self._mainline_pl and not self._extend_mainline():
             previous = self._result
             self._rebuild_mainline()
             return self._emit_from_scratch(previous)
@@ -572,7 +659,11 @@ class IncrementalResolver:
             del positions[i]
         # Removed steps leave the fold first, so that renumbering (below) only meets steps
         # that are in the ordering.
-        touched |= self._fold2.update(removed=removed2, base_changed=list(touched))
+        if removed2:
+            touched |= self._fold2.update(removed=removed2, base_changed=list(touched))
+            base2_changed: list[StateKey] = []
+        else:
+            base2_changed = list(touched)
         power_nodes = self._power_nodes
         arriving = [e for e in entered if e not in power_nodes]
         arriving += [e for e in no_longer_power if e in self._events]
@@ -596,7 +687,7 @@ class IncrementalResolver:
         inserted2 = [
             (self._events[EventId(k[2])], positions[bisect_left(keys, k)]) for k in arriving_keys
         ]
-        touched |= self._fold2.update(inserted=inserted2)
+        touched |= self._fold2.update(inserted=inserted2, base_changed=base2_changed)
         touched.update(unconflicted_changed)
 
         # Step 5, as a change of the previous result.
@@ -683,12 +774,11 @@ class IncrementalResolver:
                     and not is_power_event(self._fetch(auth_id))
                 ):
                     pending.append(auth_id)
-        remaining = nodes - leaving
         joining: set[EventId] = set()
         pending = [e for e in entered if is_power_event(events[e]) or refs[e] > 0]
         while pending:
             event_id = pending.pop()
-            if event_id in joining or event_id in remaining:
+            if event_id in joining or (event_id in nodes and event_id not in leaving):
                 continue
             joining.add(event_id)
             pending.extend(a for a in events[event_id].auth_event_ids if a in events)
@@ -700,7 +790,7 @@ class IncrementalResolver:
         pending = [c for e in leaving | joining for c in children.get(e, ())]
         while pending:
             event_id = pending.pop()
-            if event_id in moving or event_id not in remaining:
+            if event_id in moving or event_id not in nodes or event_id in leaving:
                 continue
             moving.add(event_id)
             pending.extend(children.get(event_id, ()))
@@ -771,10 +861,9 @@ class IncrementalResolver:
         if joins:
             self._power_refs.update(event.auth_event_ids)
         key = self._power_key(event)
-        i = start
         n = len(power_keys)
-        while i < n and not key < power_keys[i]:
-            i += 1
+        # The first i >= start with key < power_keys[i], compared in C.
+        i = next(compress(count(start), map(key.__lt__, islice(power_keys, start, None))), n)
         at = _between(positions[i - 1] if i > 0 else None, positions[i] if i < n else None)
         if at is None:
             self._renumber_power()
