@@ -35,6 +35,7 @@ import heapq
 from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from itertools import compress, count, islice
 from typing import Any
 
@@ -134,6 +135,9 @@ class _Fold:
                     return event_id
         return self.base(key)
 
+    def _value_before(self, at: float, key: StateKey) -> EventId | None:
+        return self.value_at(key, at)
+
     def final(self, key: StateKey) -> EventId | None:
         return self.value_at(key, _INF)
 
@@ -214,7 +218,7 @@ class _Fold:
                 continue
             done.add(event_id)
             event = self._events[event_id]
-            now = self._check(event, lambda key, at=at: self.value_at(key, at))
+            now = self._check(event, partial(self._value_before, at))
             if now is not self._passed[event_id]:
                 self._passed[event_id] = now
                 own_key = event.state_tuple
