@@ -17,10 +17,16 @@ from hypothesis import strategies as st
 from room_fixtures import ALICE, BOB, CAROL, RoomFixture, bench_room_names, user
 from test_room import _cached_pdus, _topological_order
 
+from s2s_node.core import stateres_incremental
 from s2s_node.core.room import EventStatus, RoomGraph
 from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import resolve
 from s2s_node.core.stateres_incremental import IncrementalResolver
+
+
+# "tight" makes the rare paths common: every move in the power ordering re-sorts it, and
+# positions are renumbered as soon as two get within 20% of each other.
+TIGHT = {"_MAX_MOVING": 0, "_MIN_GAP": 0.2, "_MAX_CHANGED_KEYS": 40}
 
 
 class Checked:
@@ -54,8 +60,14 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[Checked]:
     yield record
 
 
+@pytest.mark.parametrize("limits", ["normal", "tight"])
 @pytest.mark.parametrize("name", bench_room_names())
-def test_file_order_matches_full_resolution_at_every_event(name: str, checked: Checked) -> None:
+def test_file_order_matches_full_resolution_at_every_event(
+    name: str, limits: str, checked: Checked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if limits == "tight":
+        for k, v in TIGHT.items():
+            monkeypatch.setattr(stateres_incremental, k, v)
     pdus = _cached_pdus(name)
     graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
     for pdu in pdus:
@@ -66,10 +78,25 @@ def test_file_order_matches_full_resolution_at_every_event(name: str, checked: C
     assert resolver is not None and resolver.updates > resolver.rebuilds
 
 
+@pytest.mark.parametrize("limits", ["normal", "tight"])
 @pytest.mark.parametrize("name", bench_room_names())
 @given(data=st.data())
 @settings(max_examples=8, deadline=None, derandomize=True)
-def test_random_causal_orders_match_full_resolution(name: str, data: st.DataObject) -> None:
+def test_random_causal_orders_match_full_resolution(
+    name: str, limits: str, data: st.DataObject
+) -> None:
+    saved = {k: getattr(stateres_incremental, k) for k in TIGHT}
+    if limits == "tight":
+        for k, v in TIGHT.items():
+            setattr(stateres_incremental, k, v)
+    try:
+        _deliver_and_check(name, data)
+    finally:
+        for k, v in saved.items():
+            setattr(stateres_incremental, k, v)
+
+
+def _deliver_and_check(name: str, data: st.DataObject) -> None:
     pdus = _cached_pdus(name)
     order = data.draw(_topological_order(pdus))
     record = Checked()

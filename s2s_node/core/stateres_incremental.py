@@ -36,7 +36,8 @@ from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
-from itertools import compress, count, islice
+from itertools import compress, count, islice, pairwise
+from dataclasses import dataclass
 from typing import Any
 
 from s2s_node.core.auth import AuthError, StateKey, check_auth, compute_auth_keys
@@ -263,6 +264,29 @@ class _Fold:
         return True
 
 
+def _longest_increasing_run(items: list[tuple[float, EventId]]) -> set[EventId]:
+    """The events of a longest subsequence of `items` whose positions increase (patience
+    sorting, O(n log n))."""
+    tails: list[float] = []  # smallest last position of an increasing run of each length
+    tail_index: list[int] = []
+    previous: list[int] = []
+    for i, (at, _event_id) in enumerate(items):
+        j = bisect_left(tails, at)
+        if j == len(tails):
+            tails.append(at)
+            tail_index.append(i)
+        else:
+            tails[j] = at
+            tail_index[j] = i
+        previous.append(tail_index[j - 1] if j > 0 else -1)
+    kept: set[EventId] = set()
+    i = tail_index[-1] if tail_index else -1
+    while i >= 0:
+        kept.add(items[i][1])
+        i = previous[i]
+    return kept
+
+
 def _no_base(_key: StateKey) -> None:
     return None
 
@@ -271,6 +295,26 @@ def _remove_sorted(entries: list[tuple[float, EventId]], entry: tuple[float, Eve
     i = bisect_left(entries, entry)
     assert entries[i] == entry
     del entries[i]
+
+
+@dataclass(slots=True, kw_only=True)
+class _Changes:
+    """How new inputs differ from the previous call's: `partner[i]` is the old input the
+    i-th new one was compared with (None: compared with the first, closure recomputed),
+    `per_set[i]` its (key, old event, new event) changes, `extra_keys` the keys where an
+    old input without a partner differs."""
+
+    partner: list[int | None]
+    per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]]
+    extra_keys: set[StateKey]
+
+
+def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId]) -> list[StateKey]:
+    if old is new:
+        return []
+    if isinstance(old, StateSnapshot) and isinstance(new, StateSnapshot):
+        return _changed_keys(old, new)
+    return [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
 
 
 def _changed_keys(old: StateSnapshot, new: StateSnapshot) -> list[StateKey]:
@@ -375,7 +419,7 @@ class IncrementalResolver:
     ) -> StateSnapshot:
         self._caller_get_event = get_event
         try:
-            if self._valid and len(state_sets) == len(self._sets) >= 2:
+            if self._valid and len(state_sets) >= 2:
                 changes = self._input_changes(state_sets)
                 if changes is not None:
                     # Half-updated structures are never reused: valid again only on success.
@@ -392,23 +436,46 @@ class IncrementalResolver:
         finally:
             self._caller_get_event = None
 
-    def _input_changes(
-        self, state_sets: Sequence[Mapping[StateKey, EventId]]
-    ) -> list[list[tuple[StateKey, EventId | None, EventId | None]]] | None:
-        changes: list[list[tuple[StateKey, EventId | None, EventId | None]]] = []
+    def _input_changes(self, state_sets: Sequence[Mapping[StateKey, EventId]]) -> _Changes | None:
+        """Pair the new inputs with the old ones (the same map, or one sharing its base) and
+        list what changed; None if too much did. An input without a partner is compared with
+        some other one (its closure is then computed afresh); an old input left without a
+        partner adds the keys where it differs from a new one."""
+        old_sets = self._sets
+        unpaired = list(range(len(old_sets)))
+        partner: list[int | None] = []
+        for new in state_sets:
+            found = next((i for i in unpaired if old_sets[i] is new), None)
+            if found is None and isinstance(new, StateSnapshot):
+                found = next(
+                    (
+                        i
+                        for i in unpaired
+                        if isinstance(old_sets[i], StateSnapshot) and old_sets[i]._base is new._base  # type: ignore[attr-defined]
+                    ),
+                    None,
+                )
+            if found is not None:
+                unpaired.remove(found)
+            partner.append(found)
+        for i, found in enumerate(partner):
+            if found is None and unpaired and len(state_sets) == len(old_sets):
+                partner[i] = unpaired.pop(0)
+        changes = _Changes(partner=partner, per_set=[], extra_keys=set())
         total = 0
-        for old, new in zip(self._sets, state_sets, strict=True):
-            if old is new:
-                changes.append([])
-                continue
-            if isinstance(old, StateSnapshot) and isinstance(new, StateSnapshot):
-                keys = _changed_keys(old, new)
-            else:
-                keys = [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
+        for new, found in zip(state_sets, partner, strict=True):
+            old = old_sets[0 if found is None else found]
+            keys = _diff_keys(old, new)
             total += len(keys)
             if total > _MAX_CHANGED_KEYS:
                 return None
-            changes.append([(k, old.get(k), new.get(k)) for k in keys])
+            changes.per_set.append([(k, old.get(k), new.get(k)) for k in keys])
+        for i in unpaired:
+            keys = _diff_keys(old_sets[i], state_sets[0])
+            total += len(keys)
+            if total > _MAX_CHANGED_KEYS:
+                return None
+            changes.extra_keys.update(keys)
         return changes
 
     # -- from scratch
@@ -459,6 +526,17 @@ class IncrementalResolver:
 
     def _rebuild_power_ordering(self) -> None:
         """Steps 1 and 2 from scratch, then steps 3 and 4 (`_rebuild_mainline`)."""
+        order = self._sorted_power_order()
+        self._set_power_order(order, [float(i) for i in range(len(order))])
+        base1 = _no_base if self._rules.state_res_starts_empty else self._unconflicted.get
+        self._fold1 = _Fold(base1, self._get_event, self._is_rejected, self._auth_keys)
+        events = self._events
+        self._fold1.build(zip((events[e] for e in order), self._power_positions, strict=True))
+        self._rebuild_mainline()
+
+    def _sorted_power_order(self) -> list[EventId]:
+        """Step 1 from scratch: the power events of the full conflicted set and their
+        ancestors in it, by reverse topological power ordering."""
         events = self._events
         graph: dict[EventId, list[EventId]] = {}
         pending = [e.event_id for e in events.values() if is_power_event(e)]
@@ -469,26 +547,79 @@ class IncrementalResolver:
             parents = [a for a in events[event_id].auth_event_ids if a in events]
             graph[event_id] = parents
             pending.extend(a for a in parents if a not in graph)
-        order = compute_lexicographic_topological_order(
+        return compute_lexicographic_topological_order(
             graph, lambda event_id: self._power_key(events[event_id])
         )
+
+    def _set_power_order(self, order: list[EventId], positions: list[float]) -> None:
+        events = self._events
         self._power_nodes: set[EventId] = set(order)
         self._power_refs: Counter[EventId] = Counter(
             a for event_id in order for a in events[event_id].auth_event_ids
         )
         self._power_order: list[EventId] = order
-        self._power_positions: list[float] = [float(i) for i in range(len(order))]
-        self._power_pos: dict[EventId, float] = {e: float(i) for i, e in enumerate(order)}
+        self._power_positions: list[float] = positions
+        self._power_pos: dict[EventId, float] = dict(zip(order, positions, strict=True))
         self._power_crowded = False
         self._power_keys: list[tuple[int, int, str]] = [self._power_key(events[e]) for e in order]
         self._power_children: dict[EventId, set[EventId]] = {}
         for event_id in order:
             for parent in events[event_id].auth_event_ids:
                 self._power_children.setdefault(parent, set()).add(event_id)
-        base1 = _no_base if self._rules.state_res_starts_empty else self._unconflicted.get
-        self._fold1 = _Fold(base1, self._get_event, self._is_rejected, self._auth_keys)
-        self._fold1.build(zip((events[e] for e in order), self._power_positions, strict=True))
-        self._rebuild_mainline()
+
+    def _reorder_power(
+        self, base_changed: list[StateKey]
+    ) -> tuple[set[StateKey], list[EventId], list[EventId]] | None:
+        """Steps 1 and 2 when many events move: sort again, keep the longest run of events
+        whose relative order did not change at their positions, and move the others in the
+        fold (its checks re-run only where a read value changed). None if positions run out.
+        """
+        old_pos = self._power_pos
+        old_nodes = self._power_nodes
+        old_order = self._power_order
+        order = self._sorted_power_order()
+        kept = _longest_increasing_run([(old_pos[e], e) for e in order if e in old_pos])
+        positions: list[float] = []
+        run: list[int] = []  # indexes in `order` of events waiting for a position
+
+        def place_run(low: float | None, high: float | None) -> None:
+            k = len(run)
+            for j in range(k):
+                if low is None and high is None:
+                    at = float(j)
+                elif low is None:
+                    assert high is not None
+                    at = high - (k - j)
+                elif high is None:
+                    at = low + j + 1
+                else:
+                    at = low + (high - low) * (j + 1) / (k + 1)
+                positions.append(at)
+            run.clear()
+
+        low: float | None = None
+        for i, event_id in enumerate(order):
+            if event_id in kept:
+                high = old_pos[event_id]
+                place_run(low, high)
+                positions.append(high)
+                low = high
+            else:
+                run.append(i)
+        place_run(low, None)
+        if any(b <= a for a, b in pairwise(positions)):
+            return None
+        removed = [e for e in old_order if e not in kept]
+        events = self._events
+        self._set_power_order(order, positions)
+        inserted = [
+            (events[e], at) for e, at in zip(order, positions, strict=True) if e not in kept
+        ]
+        touched = self._fold1.update(removed=removed, inserted=inserted, base_changed=base_changed)
+        if any(_crowded(positions, i) for i in range(len(positions))):
+            self._renumber_power()
+        new_nodes = self._power_nodes
+        return touched, sorted(new_nodes - old_nodes), sorted(old_nodes - new_nodes)
 
     def _rebuild_mainline(self) -> None:
         """Step 3 (mainline ordering of the other events) and step 4 from scratch."""
@@ -572,13 +703,14 @@ class IncrementalResolver:
     def _update(
         self,
         state_sets: Sequence[Mapping[StateKey, EventId]],
-        changes: list[list[tuple[StateKey, EventId | None, EventId | None]]],
+        changes: _Changes,
     ) -> StateSnapshot:
         index = self._index
         self._sets = list(state_sets)
 
         # Unconflicted state and conflicted set, for the changed keys only.
-        changed_keys = {key for per_set in changes for key, _old, _new in per_set}
+        changed_keys = {key for per_set in changes.per_set for key, _old, _new in per_set}
+        changed_keys |= changes.extra_keys
         added: set[EventId] = set()
         removed: set[EventId] = set()
         unconflicted_changed: list[StateKey] = []
@@ -612,8 +744,14 @@ class IncrementalResolver:
         self._conflicted_mask |= index.mask_of(added)
 
         # Each input's closure: grown by a new event whose closure holds the one it replaced.
-        for i, per_set in enumerate(changes):
-            closure = self._closures[i]
+        old_closures = self._closures
+        self._closures = []
+        for i, per_set in enumerate(changes.per_set):
+            found = changes.partner[i]
+            if found is None:
+                self._closures.append(index.closure_mask(state_sets[i].values()))
+                continue
+            closure = old_closures[found]
             exact = True
             for _key, old, new in per_set:
                 if new is not None:
@@ -623,7 +761,7 @@ class IncrementalResolver:
                     new is not None and index.chain_mask(new) >> index.position(old) & 1
                 ):
                     exact = False
-            self._closures[i] = closure if exact else index.closure_mask(state_sets[i].values())
+            self._closures.append(closure if exact else index.closure_mask(state_sets[i].values()))
 
         if self._rules.state_res_conflicted_subgraph and (added or removed):
             self._update_subgraph(added, removed)
@@ -799,7 +937,7 @@ class IncrementalResolver:
             moving.add(event_id)
             pending.extend(children.get(event_id, ()))
         if len(moving) > _MAX_MOVING:
-            return None
+            return self._reorder_power(base_changed)
         for event_id in leaving | moving:
             self._detach(event_id)
         # Taken-out steps leave the fold first, so that renumbering (in `_place`) only meets
