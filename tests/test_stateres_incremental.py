@@ -23,7 +23,6 @@ from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import resolve
 from s2s_node.core.stateres_incremental import IncrementalResolver
 
-
 # "tight" makes the rare paths common: every move in the power ordering re-sorts it, and
 # positions are renumbered as soon as two get within 20% of each other.
 TIGHT = {"_MAX_MOVING": 0, "_MIN_GAP": 0.2, "_MAX_CHANGED_KEYS": 40}

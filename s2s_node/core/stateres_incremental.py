@@ -35,9 +35,9 @@ import heapq
 from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from functools import partial
 from itertools import compress, count, islice, pairwise
-from dataclasses import dataclass
 from typing import Any
 
 from s2s_node.core.auth import AuthError, StateKey, check_auth, compute_auth_keys
