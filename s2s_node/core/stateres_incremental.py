@@ -313,19 +313,8 @@ def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId])
     if old is new:
         return []
     if isinstance(old, StateSnapshot) and isinstance(new, StateSnapshot):
-        return _changed_keys(old, new)
+        return old.changed_keys(new)
     return [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
-
-
-def _changed_keys(old: StateSnapshot, new: StateSnapshot) -> list[StateKey]:
-    """The keys whose event differs between two snapshots; only the overlays are compared
-    when both share a base (as an event's state and its parent's usually do)."""
-    if old._base is new._base:
-        keys = old._overlay.keys() | new._overlay.keys()
-        return [k for k in keys if old.get(k) != new.get(k)]
-    mine = old.to_dict()
-    theirs = new.to_dict()
-    return [k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k)]
 
 
 def _without(snapshot: StateSnapshot, key: StateKey) -> StateSnapshot:
