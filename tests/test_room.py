@@ -260,6 +260,18 @@ def test_the_graph_works_over_a_given_store() -> None:
 # -- state snapshots ---------------------------------------------------------------------------
 
 
+def test_the_fast_accepted_admission_equals_the_dataclass_one() -> None:
+    from dataclasses import FrozenInstanceError
+
+    from s2s_node.core.room import Admission, _accepted
+
+    fast = _accepted(EventId("$x"))
+    assert fast == Admission(event_id=EventId("$x"), status=EventStatus.ACCEPTED)
+    assert repr(fast) == repr(Admission(event_id=EventId("$x"), status=EventStatus.ACCEPTED))
+    with pytest.raises(FrozenInstanceError):
+        fast.detail = "changed"  # type: ignore[misc]
+
+
 def test_a_state_snapshot_is_a_mapping() -> None:
     a = EMPTY_STATE.with_entry(("t", ""), EventId("$1"))
     b = a.with_entry(("u", ""), EventId("$2"))
