@@ -67,3 +67,15 @@ def test_changed_keys_of_snapshots_that_share_a_base_look_at_their_overlays() ->
     two = base.with_entry(("t", "a"), EventId("$9"))
     assert one._base is two._base
     assert sorted(one.changed_keys(two)) == [("t", "a"), ("t", "c")]
+
+
+def test_snapshots_made_from_one_another_share_their_base_until_it_is_rebuilt() -> None:
+    key = ("m.room.topic", "")
+    first = StateSnapshot({key: EventId("$a")})
+    second = first.with_entry(("m.room.name", ""), EventId("$b"))
+    assert second.shares_base_with(first) and first.shares_base_with(second)
+    assert not StateSnapshot({key: EventId("$a")}).shares_base_with(first)
+    grown = first
+    for i in range(100):  # past the overlay limit: a new base
+        grown = grown.with_entry(("m.room.member", f"@u{i}:x"), EventId(f"$m{i}"))
+    assert not grown.shares_base_with(first)

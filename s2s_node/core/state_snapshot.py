@@ -69,6 +69,10 @@ class StateSnapshot(Mapping[StateKey, EventId]):
             return _new_snapshot(base, {}, length)
         return _new_snapshot(base, overlay, length)
 
+    def shares_base_with(self, other: StateSnapshot) -> bool:
+        """Whether both maps are overlays of the same base (then `changed_keys` is cheap)."""
+        return self._base is other._base
+
     def changed_keys(self, other: StateSnapshot) -> list[StateKey]:
         """The keys whose event differs between this map and `other` (absent on one side
         included), in no particular order.

@@ -440,7 +440,8 @@ class IncrementalResolver:
                     (
                         i
                         for i in unpaired
-                        if isinstance(old_sets[i], StateSnapshot) and old_sets[i]._base is new._base  # type: ignore[attr-defined]
+                        if isinstance(old_sets[i], StateSnapshot)
+                        and new.shares_base_with(old_sets[i])  # type: ignore[arg-type]
                     ),
                     None,
                 )
