@@ -580,7 +580,8 @@ def _merge_history(objs: Sequence[Any], history: History, rules: Any) -> list[Js
         by_id.setdefault(pdu.event_id, (pdu.depth, obj))
     for (depth, event_id), obj in zip(history.keys, history.events, strict=True):
         by_id.setdefault(event_id, (depth, obj))
-    return [obj for _, (_, obj) in sorted(by_id.items(), key=lambda i: (i[1][0], i[0]))]
+    keys = sorted((depth, event_id) for event_id, (depth, _) in by_id.items())
+    return [by_id[event_id][1] for _, event_id in keys]
 
 
 def connectable_host(host: str) -> str:

@@ -28,7 +28,9 @@ def build_dag(n: int, seed: int) -> RoomFixture:
     fixture = RoomFixture("11", name=f"walk{seed}")
     rng = random.Random(seed)
     for i in range(n):
-        pool = [e.event_id for e in fixture.events[-12:]]
+        pool = [
+            e.event_id for e in fixture.events[4:][-12:]
+        ]  # from the last initial state event on
         prev = rng.sample(pool, rng.randint(1, min(3, len(pool))))
         fixture.add(fixture.message(ALICE, f"m{i}", prev_events=prev))
     return fixture

@@ -115,22 +115,25 @@ async def fetch_history(
     """
     pool: dict[EventId, tuple[int, JsonDict, list[EventId]]] = {}
     frontier = list(latest)
-    wanted = set(cited) - await known(set(cited))
+    # Cited (by `cited` or a fetched event) but neither fetched nor known here. Kept up to date
+    # from each page's fresh events (an ID that was fetched or known stays so), so a page costs
+    # its own events, not the whole pool (a 200,000-event catch-up would be quadratic).
+    wanted = set(cited)
+    wanted -= await known(wanted)
     single_fetches = 0
     while wanted and len(pool) < max_events:
         limit = min(page, max_events - len(pool))
         events = await _get_missing_events(client, destination, room_id, earliest, frontier, limit)
-        fresh = 0
+        fresh: list[EventId] = []
         for obj in events:
             parsed = _event_id_of(obj, rules)
             if parsed is None or parsed[0] in pool or not isinstance(obj, dict):
                 continue
             pool[parsed[0]] = (parsed[1], obj, parsed[2])
-            fresh += 1
+            fresh.append(parsed[0])
         if not fresh:
             # The walk over prev_events gives nothing new: ask for the missing IDs one by one
             # (auth events off the prev_events path), within a bound.
-            wanted -= set(pool)
             take = sorted(wanted)[: max(0, MAX_SINGLE_FETCHES - single_fetches)]
             if not take:
                 break
@@ -140,17 +143,21 @@ async def fetch_history(
                 parsed = None if obj is None else _event_id_of(obj, rules)
                 if obj is not None and parsed is not None and parsed[0] == event_id:
                     pool[event_id] = (parsed[1], obj, parsed[2])
-        cites = {c for _, _, refs in pool.values() for c in refs} | set(cited)
-        unknown = cites - set(pool)
-        wanted = unknown - await known(unknown)
-        # Walk on from the fetched events that cite what is still missing.
-        frontier = sorted(e for e, (_, _, refs) in pool.items() if wanted.intersection(refs))
+                    fresh.append(event_id)
+        wanted.difference_update(fresh)
+        wanted.update(c for e in fresh for c in pool[e][2] if c not in pool)
+        wanted -= await known(wanted)
+        # Walk on from the fetched events that cite what is still missing: those of the last
+        # frontier that still do, and fresh ones (an earlier event citing nothing missing then
+        # never will: what it cites stays fetched or known).
+        candidates = {e for e in frontier if e in pool}.union(fresh)
+        frontier = sorted(e for e in candidates if wanted.intersection(pool[e][2]))
         if not frontier:
             break
-    ordered = sorted(pool.items(), key=lambda item: (item[1][0], item[0]))
+    keys = sorted((depth, event_id) for event_id, (depth, _, _) in pool.items())
     return History(
-        events=[obj for _, (_, obj, _) in ordered],
-        keys=[(depth, event_id) for event_id, (depth, _, _) in ordered],
+        events=[pool[event_id][1] for _, event_id in keys],
+        keys=keys,
         complete=not wanted,
         missing=frozenset(wanted),
     )
