@@ -41,6 +41,16 @@ def reject(rule: AuthRule, exc: pytest.ExceptionInfo[AuthError]) -> None:
 
 
 @pytest.mark.parametrize("version", VERSIONS)
+def test_compute_auth_keys_are_kept_on_the_event(version: str) -> None:
+    pdu = RoomBuilder(version).build(ALICE, "m.room.message", {"body": "hi"})
+    assert pdu.auth_keys_memo is None
+    first = compute_auth_keys(pdu)
+    assert pdu.auth_keys_memo is first
+    assert compute_auth_keys(pdu) is first
+    assert isinstance(first, frozenset)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
 def test_compute_auth_keys_message(version: str) -> None:
     room = RoomBuilder(version)
     pdu = room.build(ALICE, "m.room.message", {"body": "hi"})

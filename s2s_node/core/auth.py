@@ -104,14 +104,18 @@ def _auth_keys(
     return keys
 
 
-def compute_auth_keys(event: Pdu) -> set[StateKey]:
+def compute_auth_keys(event: Pdu) -> frozenset[StateKey]:
     """The (type, state_key) pairs the auth-events selection algorithm wants for `event`.
 
     Always includes `("m.room.create", "")` for a non-create event (also in v12, where the
     create event is implied by the room ID rather than listed); empty for a create event.
-    Depends only on the event itself.
+    Depends only on the event itself, so it is kept on the event (`Pdu.auth_keys_memo`).
     """
-    return set(_auth_keys(event.type, event.sender, event.state_key, event.content))
+    keys = event.auth_keys_memo
+    if keys is None:
+        keys = frozenset(_auth_keys(event.type, event.sender, event.state_key, event.content))
+        object.__setattr__(event, "auth_keys_memo", keys)  # a cache on a frozen value
+    return keys
 
 
 def select_auth_events(
@@ -189,7 +193,7 @@ def _auth_events_if_valid(
         ):
             return None
         by_key[CREATE_KEY] = create
-        allowed.discard(CREATE_KEY)
+        allowed = allowed - {CREATE_KEY}
     for event_id in event.auth_events:
         auth_event = auth_events.get(event_id)
         if auth_event is None or auth_event.event_id != event_id:
@@ -243,7 +247,7 @@ def _check_auth_events_in_order(
     # 2.2 [3.2] entries the selection algorithm would not pick (v12: never the create event)
     allowed = compute_auth_keys(event)
     if rules.room_id_is_create_event_hash:
-        allowed.discard(CREATE_KEY)
+        allowed = allowed - {CREATE_KEY}
     for auth_event, event_id in listed:
         key = auth_event.state_tuple
         if key is None or key not in allowed:

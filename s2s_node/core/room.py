@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
@@ -518,7 +519,7 @@ def _failure(pdu: Pdu, check: ReceiptCheck, exc: AuthError) -> Admission:
     )
 
 
-def _pick(state: StateIds, keys: set[StateKey]) -> dict[StateKey, EventId]:
+def _pick(state: StateIds, keys: AbstractSet[StateKey]) -> dict[StateKey, EventId]:
     picked: dict[StateKey, EventId] = {}
     for key in keys:
         event_id = state.get(key)
