@@ -80,12 +80,10 @@ class _Fold:
         base: BaseLookup,
         get_event: GetEvent,
         is_rejected: IsRejected,
-        auth_keys: Callable[[Pdu], tuple[StateKey, ...]],
     ) -> None:
         self.base = base
         self._get_event = get_event
         self._is_rejected = is_rejected
-        self._auth_keys = auth_keys
         self.pos: dict[EventId, float] = {}
         self._events: dict[EventId, Pdu] = {}
         self._passed: dict[EventId, bool] = {}
@@ -119,7 +117,7 @@ class _Fold:
             self.pos[event_id] = at
             self._events[event_id] = event
             writers.setdefault(own_key, []).append((at, event_id))
-            for key in self._auth_keys(event):
+            for key in compute_auth_keys(event):
                 readers.setdefault(key, []).append((at, event_id))
             ok = passed[event_id] = self._check(event, lookup)
             if ok:
@@ -196,7 +194,7 @@ class _Fold:
             own_key = event.state_tuple
             assert own_key is not None
             _remove_sorted(self._writers[own_key], (at, event_id))
-            for key in self._auth_keys(event):
+            for key in compute_auth_keys(event):
                 _remove_sorted(self._readers[key], (at, event_id))
             if passed:
                 changed_from(own_key, at)
@@ -208,7 +206,7 @@ class _Fold:
             self._events[event_id] = event
             self._passed[event_id] = False
             insort(self._writers.setdefault(own_key, []), (at, event_id))
-            for key in self._auth_keys(event):
+            for key in compute_auth_keys(event):
                 insort(self._readers.setdefault(key, []), (at, event_id))
             heapq.heappush(agenda, (at, event_id))
 
@@ -243,7 +241,7 @@ class _Fold:
         get_event = self._get_event
         auth_state: dict[StateKey, Pdu] = {}
         incomplete = False
-        for key in self._auth_keys(event):
+        for key in compute_auth_keys(event):
             state_id = lookup(key)
             if state_id is not None and not is_rejected(state_id):
                 auth_state[key] = get_event(state_id)
@@ -356,9 +354,10 @@ class IncrementalResolver:
         self._rules = rules
         self._index = index
         # An event's admission never changes once made (the event being added is accepted).
-        rejected: dict[EventId, bool] = {}
+        self._rejected: dict[EventId, bool] = {}
 
         def is_rejected_cached(event_id: EventId) -> bool:
+            rejected = self._rejected
             found = rejected.get(event_id)
             if found is None:
                 found = rejected[event_id] = is_rejected(event_id)
@@ -370,7 +369,6 @@ class IncrementalResolver:
         self._valid = False
         # Per-event facts (events never change).
         self._pdus: dict[EventId, Pdu] = {}
-        self._auth_keys_of: dict[EventId, tuple[StateKey, ...]] = {}
         self._power_key_of: dict[EventId, tuple[int, int, str]] = {}
         self.rebuilds = 0
         self.updates = 0
@@ -383,12 +381,6 @@ class IncrementalResolver:
             assert self._caller_get_event is not None
             event = self._pdus[event_id] = self._caller_get_event(event_id)
         return event
-
-    def _auth_keys(self, event: Pdu) -> tuple[StateKey, ...]:
-        keys = self._auth_keys_of.get(event.event_id)
-        if keys is None:
-            keys = self._auth_keys_of[event.event_id] = tuple(compute_auth_keys(event))
-        return keys
 
     def _power_key(self, event: Pdu) -> tuple[int, int, str]:
         key = self._power_key_of.get(event.event_id)
@@ -473,6 +465,11 @@ class IncrementalResolver:
     def _rebuild(self, state_sets: Sequence[Mapping[StateKey, EventId]]) -> StateSnapshot:
         rules = self._rules
         index = self._index
+        # The per-event caches only grow between rebuilds: start them again, so that a graph
+        # that lives long keeps only what its current forks need.
+        self._pdus = {}
+        self._rejected = {}
+        self._power_key_of = {}
         self._sets = list(state_sets)
         plain = [dict(s) for s in state_sets]
         unconflicted, conflicted = split_state(plain)
@@ -519,7 +516,7 @@ class IncrementalResolver:
         order = self._sorted_power_order()
         self._set_power_order(order, [float(i) for i in range(len(order))])
         base1 = _no_base if self._rules.state_res_starts_empty else self._unconflicted.get
-        self._fold1 = _Fold(base1, self._get_event, self._is_rejected, self._auth_keys)
+        self._fold1 = _Fold(base1, self._get_event, self._is_rejected)
         events = self._events
         self._fold1.build(zip((events[e] for e in order), self._power_positions, strict=True))
         self._rebuild_mainline()
@@ -626,7 +623,7 @@ class IncrementalResolver:
         keyed = sorted(self._mainline_key(e) for e in leftover)
         self._mainline_keys: list[tuple[int, int, str]] = keyed
         self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
-        self._fold2 = _Fold(self._fold1.final, self._get_event, self._is_rejected, self._auth_keys)
+        self._fold2 = _Fold(self._fold1.final, self._get_event, self._is_rejected)
         events = self._events
         self._fold2.build(
             zip((events[EventId(k[2])] for k in keyed), self._mainline_positions, strict=True)
