@@ -61,7 +61,7 @@ from s2s_node.core.stateres import (
 _INF = float("inf")
 _MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, recompute from scratch
 _MAX_MOVING = 128  # beyond this many events to re-place in the power ordering, re-sort it
-_MIN_GAP = 1e-9  # relative gap between neighbouring positions below which they are renumbered
+_MIN_GAP = 1e-12  # relative gap between neighbouring positions below which they are renumbered
 BaseLookup = Callable[[StateKey], EventId | None]
 _UNSET: Any = object()
 
