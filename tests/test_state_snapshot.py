@@ -79,3 +79,18 @@ def test_snapshots_made_from_one_another_share_their_base_until_it_is_rebuilt() 
     for i in range(100):  # past the overlay limit: a new base
         grown = grown.with_entry(("m.room.member", f"@u{i}:x"), EventId(f"$m{i}"))
     assert not grown.shares_base_with(first)
+
+
+@given(OPS, OPS, st.data())
+@settings(max_examples=50, deadline=None)
+def test_equality_is_the_equality_of_the_maps(
+    ops: list[tuple[int, int]], other_ops: list[tuple[int, int]], data: st.DataObject
+) -> None:
+    # Two histories: snapshots over different bases, some equal as maps, most not.
+    history = _history(ops) + _history(other_ops) + _history(ops[: len(ops) // 2])
+    for _ in range(20):
+        a = data.draw(st.sampled_from(history))
+        b = data.draw(st.sampled_from(history))
+        assert (a == b) == (a.to_dict() == b.to_dict())
+        assert (a == b) == (b == a)
+        assert (a == b.to_dict()) == (a.to_dict() == b.to_dict())

@@ -127,6 +127,16 @@ class StateSnapshot(Mapping[StateKey, EventId]):
                 return False
             if self._base is other._base:
                 return self._overlay == other._overlay
+            # Different bases: the overlays (the latest changes) usually tell unequal maps
+            # apart before the whole maps are compared.
+            other_get = other.get
+            for key, event_id in self._overlay.items():
+                if other_get(key) != event_id:
+                    return False
+            get = self.get
+            for key, event_id in other._overlay.items():
+                if get(key) != event_id:
+                    return False
             return self.to_dict() == other.to_dict()
         if isinstance(other, Mapping):
             return self.to_dict() == dict(other)
