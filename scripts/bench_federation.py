@@ -12,7 +12,9 @@ A creates an s2s room, invites B's server user and sends N messages (built and s
 thread; that part is setup and not timed). Then B joins through A: make_join, send_join, then the
 whole history before its join fetched with get_missing_events pages and every event put through B's
 receive pipeline (format, signatures, hashes, auth, state, SQLite commit). Timed: `node.join` from
-start to return; the figure is events in the room / that time. With `--mode cbor` both nodes read
+start to return; the figure is events in the room / that time. (B's s2s driver joins the room on
+A's invite, usually while A is still filling it; the timed join is then B's second, which fetches
+and checks the whole history all the same.) With `--mode cbor` both nodes read
 and send CBOR bodies (the answers to B's requests are CBOR); with `json`, JSON. Goal: >= 2,000
 events/s, and the cost of TLS under 25% (TLS median >= 0.75 x plain median).
 
