@@ -198,3 +198,25 @@ def test_a_room_created_in_a_rolled_back_transaction_is_unknown_again(store: Sto
         raise RuntimeError("rolled back")
     assert store.room(room_id) is None
     assert store.rooms() == []
+
+
+def test_a_rolled_back_event_of_a_standing_fork_leaves_the_current_state_right(
+    store: Store,
+) -> None:
+    # While forks stand the graph resolves the current state incrementally from its previous
+    # resolution; a rollback drops the store's index and the rolled-back event: the next
+    # resolution must not build on either.
+    name = "v12-s100-c100-k2.json.gz"
+    graph, _room, events = _open_room(store, name)
+    half = len(events) - 20  # well into the second fork
+    for obj in events[:half]:
+        ingest_pdu(obj, graph, derived_keys)
+    with pytest.raises(RuntimeError), store.transaction():
+        for obj in events[half : half + 5]:
+            ingest_pdu(obj, graph, derived_keys)
+        raise RuntimeError("the disk is gone")
+    for obj in events[half:]:
+        assert ingest_pdu(obj, graph, derived_keys).outcome is not Outcome.DEFERRED
+    reference = _memory_graph(name)
+    assert dict(graph.current_state()) == dict(reference.current_state())
+    assert graph.forward_extremities == reference.forward_extremities

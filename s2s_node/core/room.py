@@ -407,11 +407,15 @@ class RoomGraph:
         def get_event(event_id: EventId) -> Pdu:
             return pdu if event_id == pdu.event_id else self.get_event(event_id)
 
-        if self._current_resolver is None:
-            self._current_resolver = IncrementalResolver(
-                self.rules, self.store.auth_chains, self.is_rejected
+        index = self.store.auth_chains
+        resolver = self._current_resolver
+        if resolver is None or resolver.index is not index:
+            # A store that rolled back drops its index (and may have dropped events the
+            # resolver's work was built on): start from scratch with the new one.
+            resolver = self._current_resolver = IncrementalResolver(
+                self.rules, index, self.is_rejected
             )
-        return self._current_resolver.resolve(new_states, get_event)
+        return resolver.resolve(new_states, get_event)
 
     def _resolve(
         self, states: list[StateIds], get_event: Callable[[EventId], Pdu] | None = None

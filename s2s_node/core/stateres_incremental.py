@@ -373,6 +373,11 @@ class IncrementalResolver:
         self.rebuilds = 0
         self.updates = 0
 
+    @property
+    def index(self) -> AuthChainIndex:
+        """The auth-chain index the resolver's work refers to."""
+        return self._index
+
     # -- per-event facts
 
     def _fetch(self, event_id: EventId) -> Pdu:
