@@ -109,7 +109,10 @@ class S2sRooms:
     async def _on_event(self, pdu: Pdu) -> None:
         driver = self._drivers.get(pdu.room_id)
         if driver is None:
-            if pdu.room_id in self._not_s2s:
+            if pdu.room_id in self._not_s2s or not _may_start_driver(pdu, self.node.server_user):
+                # Starting a driver reads the room's whole DAG: only an event the driver
+                # acts on, or our own membership, is worth it (a catch-up of thousands of
+                # events before our join completes would otherwise read it per event).
                 return
             if await self.node.rooms.room_rules(pdu.room_id) is None:
                 return  # an invite to a room we are not in (see on_invite)
@@ -417,6 +420,18 @@ def _load_room(store: Store, room_id: RoomId) -> tuple[RoomSummary, list[Pdu]]:
             if is_negotiation_event(pdu):
                 events.append(pdu)
     return summary, events
+
+
+def _may_start_driver(pdu: Pdu, server_user: str) -> bool:
+    """Whether an event can make a room we have no driver for need one: a negotiation event,
+    a tombstone, or a membership event of our server user (we may have just joined)."""
+    if is_negotiation_event(pdu):
+        return True
+    if pdu.state_key is None:
+        return False
+    return (pdu.type == TOMBSTONE and pdu.state_key == "") or (
+        pdu.type == "m.room.member" and pdu.state_key == server_user
+    )
 
 
 def _find_create(stripped: list[JsonValue]) -> Mapping[str, Any] | None:
