@@ -16,8 +16,8 @@ start to return; the figure is events in the room / that time. B learns A's addr
 the fill, so its s2s service (which joins s2s rooms it is invited to by verified peers) does not
 join on its own: the timed join is B's first, with nothing of the room known beforehand. With
 `--mode cbor` both nodes read and send CBOR bodies (the answers to B's requests are CBOR); with
-`json`, JSON. Goal: >= 2,000
-events/s, and the cost of TLS under 25% (TLS median >= 0.75 x plain median).
+`json`, JSON. Goal: >= 2,000 events/s, and the cost of TLS under 25% (TLS median >= 0.75 x
+plain median).
 
 Prints one JSON object per mode and transport, then, with both transports, one comparison per
 mode (`tls_over_plain`, `tls_cost_percent`).
