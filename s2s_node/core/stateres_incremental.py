@@ -22,8 +22,9 @@ up to date from the changes of its inputs:
 - power ordering: a new event that no event of the ordering depends on is placed where Kahn's
   algorithm would output it (the first place after its parents whose event sorts after it);
   anything else rebuilds the ordering;
-- iterative auth checks: a `_Fold` records which keys each check read; a change re-runs only
-  the checks that read a key whose value changed before them, in order.
+- iterative auth checks: an `AuthCheckFold` (`core/stateres_fold.py`) records which keys each
+  check read; a change re-runs only the checks that read a key whose value changed before
+  them, in order.
 
 Anything outside those cases (a different number of inputs, many changed keys, an event
 leaving the power ordering, a new mainline) is recomputed from scratch, the same way.
@@ -31,16 +32,13 @@ leaving the power ordering, a new mainline) is recomputed from scratch, the same
 
 from __future__ import annotations
 
-import heapq
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 from itertools import compress, count, islice, pairwise
-from typing import Any
 
-from s2s_node.core.auth import AuthError, StateKey, check_auth, compute_auth_keys
+from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
@@ -57,209 +55,11 @@ from s2s_node.core.stateres import (
     is_power_event,
     split_state,
 )
+from s2s_node.core.stateres_fold import AuthCheckFold, no_base
 
-_INF = float("inf")
 _MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, recompute from scratch
 _MAX_MOVING = 128  # beyond this many events to re-place in the power ordering, re-sort it
 _MIN_GAP = 1e-12  # relative gap between neighbouring positions below which they are renumbered
-BaseLookup = Callable[[StateKey], EventId | None]
-_UNSET: Any = object()
-
-
-class _Fold:
-    """Iterative auth checks (digest 6.2) over an ordered list of events, kept up to date.
-
-    Each step is an event at a float position. The value of a key at a position is the last
-    step before it that passed and sets that key, else the base. A step passes if
-    `check_auth` allows it against the values of its auth keys at its position (with its own
-    auth events filling missing or rejected ones, as `stateres._iterative_auth_checks` does).
-    """
-
-    def __init__(
-        self,
-        base: BaseLookup,
-        get_event: GetEvent,
-        is_rejected: IsRejected,
-    ) -> None:
-        self.base = base
-        self._get_event = get_event
-        self._is_rejected = is_rejected
-        self.pos: dict[EventId, float] = {}
-        self._events: dict[EventId, Pdu] = {}
-        self._passed: dict[EventId, bool] = {}
-        self._writers: dict[StateKey, list[tuple[float, EventId]]] = {}
-        self._readers: dict[StateKey, list[tuple[float, EventId]]] = {}
-        # The final value of every key some step sets, as of the end of the last update.
-        self._finals: dict[StateKey, EventId | None] = {}
-
-    def build(self, steps: Iterable[tuple[Pdu, float]]) -> None:
-        """Fill an empty fold with steps in ascending position and run them once, in order
-        (what `update(inserted=...)` would do, without its bookkeeping)."""
-        assert not self.pos
-        state: dict[StateKey, EventId] = {}
-        base = self.base
-        writers = self._writers
-        readers = self._readers
-        passed = self._passed
-
-        if base is _no_base:
-            lookup: BaseLookup = state.get
-        else:
-
-            def lookup(key: StateKey) -> EventId | None:
-                found = state.get(key)
-                return base(key) if found is None else found
-
-        for event, at in steps:
-            event_id = event.event_id
-            own_key = event.state_tuple
-            assert own_key is not None
-            self.pos[event_id] = at
-            self._events[event_id] = event
-            writers.setdefault(own_key, []).append((at, event_id))
-            for key in compute_auth_keys(event):
-                readers.setdefault(key, []).append((at, event_id))
-            ok = passed[event_id] = self._check(event, lookup)
-            if ok:
-                state[own_key] = event_id
-        self._finals = {key: self.final(key) for key in writers}
-
-    def value_at(self, key: StateKey, at: float) -> EventId | None:
-        writers = self._writers.get(key)
-        if writers:
-            passed = self._passed
-            for i in range(bisect_left(writers, (at,)) - 1, -1, -1):
-                event_id = writers[i][1]
-                if passed[event_id]:
-                    return event_id
-        return self.base(key)
-
-    def _value_before(self, at: float, key: StateKey) -> EventId | None:
-        return self.value_at(key, at)
-
-    def final(self, key: StateKey) -> EventId | None:
-        return self.value_at(key, _INF)
-
-    def remap(self, new_positions: Mapping[EventId, float]) -> None:
-        """Move every step to a new position, in the same order."""
-        self.pos = {event_id: new_positions[event_id] for event_id in self.pos}
-        for table in (self._writers, self._readers):
-            for key, entries in table.items():
-                table[key] = [(new_positions[event_id], event_id) for _at, event_id in entries]
-
-    def written_keys(self) -> Iterable[StateKey]:
-        return self._writers.keys()
-
-    def update(
-        self,
-        *,
-        removed: Iterable[EventId] = (),
-        inserted: Iterable[tuple[Pdu, float]] = (),
-        base_changed: Iterable[StateKey] = (),
-    ) -> set[StateKey]:
-        """Apply the changes and re-run the affected checks; the keys whose final value
-        changed (or whose base did) are returned."""
-        if not removed and not inserted and not base_changed:
-            return set()
-        agenda: list[tuple[float, EventId]] = []
-        touched: set[StateKey] = set()
-
-        def changed_from(key: StateKey, at: float) -> None:
-            # The value of `key` changed for positions after `at`, up to and including the
-            # next step that passed and sets it (a step reads before it writes).
-            touched.add(key)
-            readers = self._readers.get(key)
-            if not readers:
-                return
-            end = _INF
-            writers = self._writers.get(key)
-            if writers:
-                for p, event_id in writers[bisect_left(writers, (at, "\U0010ffff")) :]:
-                    if p > at and self._passed[event_id]:
-                        end = p
-                        break
-            for item in readers[bisect_left(readers, (at, "\U0010ffff")) :]:
-                if item[0] > end:
-                    break
-                if item[0] > at:
-                    heapq.heappush(agenda, item)
-
-        base_changed = list(base_changed)
-        for key in base_changed:
-            changed_from(key, -_INF)
-        for event_id in removed:
-            at = self.pos.pop(event_id)
-            event = self._events.pop(event_id)
-            passed = self._passed.pop(event_id)
-            own_key = event.state_tuple
-            assert own_key is not None
-            _remove_sorted(self._writers[own_key], (at, event_id))
-            for key in compute_auth_keys(event):
-                _remove_sorted(self._readers[key], (at, event_id))
-            if passed:
-                changed_from(own_key, at)
-        for event, at in inserted:
-            event_id = event.event_id
-            own_key = event.state_tuple
-            assert own_key is not None
-            self.pos[event_id] = at
-            self._events[event_id] = event
-            self._passed[event_id] = False
-            insort(self._writers.setdefault(own_key, []), (at, event_id))
-            for key in compute_auth_keys(event):
-                insort(self._readers.setdefault(key, []), (at, event_id))
-            heapq.heappush(agenda, (at, event_id))
-
-        done: set[EventId] = set()
-        while agenda:
-            at, event_id = heapq.heappop(agenda)
-            if event_id in done or self.pos.get(event_id) != at:
-                continue
-            done.add(event_id)
-            event = self._events[event_id]
-            now = self._check(event, partial(self._value_before, at))
-            if now is not self._passed[event_id]:
-                self._passed[event_id] = now
-                own_key = event.state_tuple
-                assert own_key is not None
-                changed_from(own_key, at)
-        # Only keys whose final value changed (or whose base did) are news for the caller.
-        changed = set(base_changed)
-        finals = self._finals
-        for key in touched:
-            if key in self._writers:
-                value = self.final(key)
-                if finals.get(key, _UNSET) != value:
-                    finals[key] = value
-                    changed.add(key)
-            elif finals.pop(key, _UNSET) is not _UNSET:
-                changed.add(key)
-        return changed
-
-    def _check(self, event: Pdu, lookup: BaseLookup) -> bool:
-        is_rejected = self._is_rejected
-        get_event = self._get_event
-        auth_state: dict[StateKey, Pdu] = {}
-        incomplete = False
-        for key in compute_auth_keys(event):
-            state_id = lookup(key)
-            if state_id is not None and not is_rejected(state_id):
-                auth_state[key] = get_event(state_id)
-            else:
-                incomplete = True
-        if incomplete:
-            for auth_id in event.auth_event_ids:
-                if is_rejected(auth_id):
-                    continue
-                auth_event = get_event(auth_id)
-                auth_key = auth_event.state_tuple
-                if auth_key is not None and auth_key not in auth_state:
-                    auth_state[auth_key] = auth_event
-        try:
-            check_auth(event, auth_state)
-        except AuthError:
-            return False
-        return True
 
 
 def _longest_increasing_run(items: list[tuple[float, EventId]]) -> set[EventId]:
@@ -283,16 +83,6 @@ def _longest_increasing_run(items: list[tuple[float, EventId]]) -> set[EventId]:
         kept.add(items[i][1])
         i = previous[i]
     return kept
-
-
-def _no_base(_key: StateKey) -> None:
-    return None
-
-
-def _remove_sorted(entries: list[tuple[float, EventId]], entry: tuple[float, EventId]) -> None:
-    i = bisect_left(entries, entry)
-    assert entries[i] == entry
-    del entries[i]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -520,8 +310,8 @@ class IncrementalResolver:
         """Steps 1 and 2 from scratch, then steps 3 and 4 (`_rebuild_mainline`)."""
         order = self._sorted_power_order()
         self._set_power_order(order, [float(i) for i in range(len(order))])
-        base1 = _no_base if self._rules.state_res_starts_empty else self._unconflicted.get
-        self._fold1 = _Fold(base1, self._get_event, self._is_rejected)
+        base1 = no_base if self._rules.state_res_starts_empty else self._unconflicted.get
+        self._fold1 = AuthCheckFold(base1, self._get_event, self._is_rejected)
         events = self._events
         self._fold1.build(zip((events[e] for e in order), self._power_positions, strict=True))
         self._rebuild_mainline()
@@ -628,7 +418,7 @@ class IncrementalResolver:
         keyed = sorted(self._mainline_key(e) for e in leftover)
         self._mainline_keys: list[tuple[int, int, str]] = keyed
         self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
-        self._fold2 = _Fold(self._fold1.final, self._get_event, self._is_rejected)
+        self._fold2 = AuthCheckFold(self._fold1.final, self._get_event, self._is_rejected)
         events = self._events
         self._fold2.build(
             zip((events[EventId(k[2])] for k in keyed), self._mainline_positions, strict=True)
