@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from room_fixtures import ALICE, BOB, CAROL, RoomFixture, bench_room_names, user
 from test_room import _cached_pdus, _topological_order
 
-from s2s_node.core import stateres_incremental
+from s2s_node.core import stateres_incremental, stateres_ordering
 from s2s_node.core.room import EventStatus, RoomGraph
 from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import resolve
@@ -25,7 +25,11 @@ from s2s_node.core.stateres_incremental import IncrementalResolver
 
 # "tight" makes the rare paths common: every move in the power ordering re-sorts it, and
 # positions are renumbered as soon as two get within 20% of each other.
-TIGHT = {"_MAX_MOVING": 0, "_MIN_GAP": 0.2, "_MAX_CHANGED_KEYS": 40}
+TIGHT = {
+    (stateres_incremental, "_MAX_MOVING"): 0,
+    (stateres_incremental, "_MAX_CHANGED_KEYS"): 40,
+    (stateres_ordering, "MIN_GAP"): 0.2,
+}
 
 
 class Checked:
@@ -65,8 +69,8 @@ def test_file_order_matches_full_resolution_at_every_event(
     name: str, limits: str, checked: Checked, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if limits == "tight":
-        for k, v in TIGHT.items():
-            monkeypatch.setattr(stateres_incremental, k, v)
+        for (module, attribute), value in TIGHT.items():
+            monkeypatch.setattr(module, attribute, value)
     pdus = _cached_pdus(name)
     graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
     for pdu in pdus:
@@ -84,15 +88,15 @@ def test_file_order_matches_full_resolution_at_every_event(
 def test_random_causal_orders_match_full_resolution(
     name: str, limits: str, data: st.DataObject
 ) -> None:
-    saved = {k: getattr(stateres_incremental, k) for k in TIGHT}
+    saved = {(module, attribute): getattr(module, attribute) for module, attribute in TIGHT}
     if limits == "tight":
-        for k, v in TIGHT.items():
-            setattr(stateres_incremental, k, v)
+        for (module, attribute), value in TIGHT.items():
+            setattr(module, attribute, value)
     try:
         _deliver_and_check(name, data)
     finally:
-        for k, v in saved.items():
-            setattr(stateres_incremental, k, v)
+        for (module, attribute), value in saved.items():
+            setattr(module, attribute, value)
 
 
 def _deliver_and_check(name: str, data: st.DataObject) -> None:

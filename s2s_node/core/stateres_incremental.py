@@ -33,10 +33,8 @@ leaving the power ordering, a new mainline) is recomputed from scratch, the same
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import compress, count, islice, pairwise
 
 from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
@@ -56,33 +54,16 @@ from s2s_node.core.stateres import (
     split_state,
 )
 from s2s_node.core.stateres_fold import AuthCheckFold, no_base
+from s2s_node.core.stateres_ordering import (
+    PowerOrdering,
+    between,
+    crowded,
+    longest_increasing_run,
+    spread_positions,
+)
 
 _MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, recompute from scratch
 _MAX_MOVING = 128  # beyond this many events to re-place in the power ordering, re-sort it
-_MIN_GAP = 1e-12  # relative gap between neighbouring positions below which they are renumbered
-
-
-def _longest_increasing_run(items: list[tuple[float, EventId]]) -> set[EventId]:
-    """The events of a longest subsequence of `items` whose positions increase (patience
-    sorting, O(n log n))."""
-    tails: list[float] = []  # smallest last position of an increasing run of each length
-    tail_index: list[int] = []
-    previous: list[int] = []
-    for i, (at, _event_id) in enumerate(items):
-        j = bisect_left(tails, at)
-        if j == len(tails):
-            tails.append(at)
-            tail_index.append(i)
-        else:
-            tails[j] = at
-            tail_index[j] = i
-        previous.append(tail_index[j - 1] if j > 0 else -1)
-    kept: set[EventId] = set()
-    i = tail_index[-1] if tail_index else -1
-    while i >= 0:
-        kept.add(items[i][1])
-        i = previous[i]
-    return kept
 
 
 @dataclass(slots=True, kw_only=True)
@@ -107,27 +88,6 @@ def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId])
 
 def _without(snapshot: StateSnapshot, key: StateKey) -> StateSnapshot:
     return StateSnapshot({k: v for k, v in snapshot.items() if k != key})
-
-
-def _between(low: float | None, high: float | None) -> float | None:
-    """A position between two neighbours (None for a side without one); None when floats
-    have no room left between them (the caller renumbers)."""
-    if low is None:
-        return 0.0 if high is None else high - 1.0
-    if high is None:
-        return low + 1.0
-    middle = (low + high) / 2
-    return middle if low < middle < high else None
-
-
-def _crowded(positions: list[float], i: int) -> bool:
-    """Whether the gaps around `positions[i]` are small enough to renumber soon: a float
-    gap halves at each insertion into it, and runs out after about 40."""
-    at = positions[i]
-    room = _MIN_GAP * max(1.0, abs(at))
-    return (i > 0 and at - positions[i - 1] < room) or (
-        i + 1 < len(positions) and positions[i + 1] - at < room
-    )
 
 
 class IncrementalResolver:
@@ -309,12 +269,16 @@ class IncrementalResolver:
     def _rebuild_power_ordering(self) -> None:
         """Steps 1 and 2 from scratch, then steps 3 and 4 (`_rebuild_mainline`)."""
         order = self._sorted_power_order()
-        self._set_power_order(order, [float(i) for i in range(len(order))])
+        positions = [float(i) for i in range(len(order))]
         base1 = no_base if self._rules.state_res_starts_empty else self._unconflicted.get
         self._fold1 = AuthCheckFold(base1, self._get_event, self._is_rejected)
         events = self._events
-        self._fold1.build(zip((events[e] for e in order), self._power_positions, strict=True))
+        self._fold1.build(zip((events[e] for e in order), positions, strict=True))
+        self._power = self._new_power_ordering(order, positions)
         self._rebuild_mainline()
+
+    def _new_power_ordering(self, order: list[EventId], positions: list[float]) -> PowerOrdering:
+        return PowerOrdering(order, positions, self._events, self._power_key, self._fold1.remap)
 
     def _sorted_power_order(self) -> list[EventId]:
         """Step 1 from scratch: the power events of the full conflicted set and their
@@ -333,22 +297,6 @@ class IncrementalResolver:
             graph, lambda event_id: self._power_key(events[event_id])
         )
 
-    def _set_power_order(self, order: list[EventId], positions: list[float]) -> None:
-        events = self._events
-        self._power_nodes: set[EventId] = set(order)
-        self._power_refs: Counter[EventId] = Counter(
-            a for event_id in order for a in events[event_id].auth_event_ids
-        )
-        self._power_order: list[EventId] = order
-        self._power_positions: list[float] = positions
-        self._power_pos: dict[EventId, float] = dict(zip(order, positions, strict=True))
-        self._power_crowded = False
-        self._power_keys: list[tuple[int, int, str]] = [self._power_key(events[e]) for e in order]
-        self._power_children: dict[EventId, set[EventId]] = {}
-        for event_id in order:
-            for parent in events[event_id].auth_event_ids:
-                self._power_children.setdefault(parent, set()).add(event_id)
-
     def _reorder_power(
         self, base_changed: list[StateKey]
     ) -> tuple[set[StateKey], list[EventId], list[EventId]] | None:
@@ -356,52 +304,23 @@ class IncrementalResolver:
         whose relative order did not change at their positions, and move the others in the
         fold (its checks re-run only where a read value changed). None if positions run out.
         """
-        old_pos = self._power_pos
-        old_nodes = self._power_nodes
-        old_order = self._power_order
+        old = self._power
         order = self._sorted_power_order()
-        kept = _longest_increasing_run([(old_pos[e], e) for e in order if e in old_pos])
-        positions: list[float] = []
-        run: list[int] = []  # indexes in `order` of events waiting for a position
-
-        def place_run(low: float | None, high: float | None) -> None:
-            k = len(run)
-            for j in range(k):
-                if low is None and high is None:
-                    at = float(j)
-                elif low is None:
-                    assert high is not None
-                    at = high - (k - j)
-                elif high is None:
-                    at = low + j + 1
-                else:
-                    at = low + (high - low) * (j + 1) / (k + 1)
-                positions.append(at)
-            run.clear()
-
-        low: float | None = None
-        for i, event_id in enumerate(order):
-            if event_id in kept:
-                high = old_pos[event_id]
-                place_run(low, high)
-                positions.append(high)
-                low = high
-            else:
-                run.append(i)
-        place_run(low, None)
-        if any(b <= a for a, b in pairwise(positions)):
+        kept = longest_increasing_run([(old.pos[e], e) for e in order if e in old.pos])
+        positions = spread_positions(order, old.pos, kept)
+        if positions is None:
             return None
-        removed = [e for e in old_order if e not in kept]
+        removed = [e for e in old.order if e not in kept]
+        self._power = self._new_power_ordering(order, positions)
         events = self._events
-        self._set_power_order(order, positions)
         inserted = [
             (events[e], at) for e, at in zip(order, positions, strict=True) if e not in kept
         ]
         touched = self._fold1.update(removed=removed, inserted=inserted, base_changed=base_changed)
-        if any(_crowded(positions, i) for i in range(len(positions))):
-            self._renumber_power()
-        new_nodes = self._power_nodes
-        return touched, sorted(new_nodes - old_nodes), sorted(old_nodes - new_nodes)
+        if any(crowded(positions, i) for i in range(len(positions))):
+            self._power.renumber()
+        new_nodes = self._power.nodes
+        return touched, sorted(new_nodes - old.nodes), sorted(old.nodes - new_nodes)
 
     def _rebuild_mainline(self) -> None:
         """Step 3 (mainline ordering of the other events) and step 4 from scratch."""
@@ -414,7 +333,7 @@ class IncrementalResolver:
             pl_event = _power_levels_auth_event(pl_event, self._get_event)
         for depth, event_id in enumerate(reversed(mainline), start=1):
             self._depth_of[event_id] = depth
-        leftover = [e for e in self._events.values() if e.event_id not in self._power_nodes]
+        leftover = [e for e in self._events.values() if e.event_id not in self._power.nodes]
         keyed = sorted(self._mainline_key(e) for e in leftover)
         self._mainline_keys: list[tuple[int, int, str]] = keyed
         self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
@@ -588,25 +507,25 @@ class IncrementalResolver:
             base2_changed: list[StateKey] = []
         else:
             base2_changed = list(touched)
-        power_nodes = self._power_nodes
+        power_nodes = self._power.nodes
         arriving = [e for e in entered if e not in power_nodes]
         arriving += [e for e in no_longer_power if e in self._events]
         arriving_keys = [self._mainline_key(self._events[e]) for e in arriving]
-        crowded = False
+        is_crowded = False
         for mainline_key in arriving_keys:
             i = bisect_left(keys, mainline_key)
-            at = _between(
+            at = between(
                 positions[i - 1] if i > 0 else None,
                 positions[i] if i < len(positions) else None,
             )
             if at is None:
                 self._renumber_mainline()
-                at = _between(positions[i - 1], positions[i])
+                at = between(positions[i - 1], positions[i])
                 assert at is not None
             keys.insert(i, mainline_key)
             positions.insert(i, at)
-            crowded = crowded or _crowded(positions, i)
-        if crowded:
+            is_crowded = is_crowded or crowded(positions, i)
+        if is_crowded:
             self._renumber_mainline()
         inserted2 = [
             (self._events[EventId(k[2])], positions[bisect_left(keys, k)]) for k in arriving_keys
@@ -677,11 +596,12 @@ class IncrementalResolver:
         cites them any more; events join it as new power events or ancestors of one. The
         events that depend on a leaving or joining one are taken out and put back: each is
         placed, parents first, where Kahn's algorithm outputs an event no other depends on
-        (`_place`), which is exact as long as nothing placed later precedes it.
+        (`PowerOrdering.place`), which is exact as long as nothing placed later precedes it.
         """
         events = self._events
-        nodes = self._power_nodes
-        refs = self._power_refs
+        power = self._power
+        nodes = power.nodes
+        refs = power.refs
         leaving: set[EventId] = set()
         pending = [e for e in left if e in nodes]
         while pending:
@@ -709,98 +629,27 @@ class IncrementalResolver:
         if not leaving and not joining:
             return self._fold1.update(base_changed=base_changed), [], []
         # Events of the ordering that depend on a leaving or joining one move too.
-        children = self._power_children
-        moving: set[EventId] = set()
-        pending = [c for e in leaving | joining for c in children.get(e, ())]
-        while pending:
-            event_id = pending.pop()
-            if event_id in moving or event_id not in nodes or event_id in leaving:
-                continue
-            moving.add(event_id)
-            pending.extend(children.get(event_id, ()))
+        moving = power.descendants_of(leaving | joining, excluded=leaving)
         if len(moving) > _MAX_MOVING:
             return self._reorder_power(base_changed)
         for event_id in leaving | moving:
-            self._detach(event_id)
-        # Taken-out steps leave the fold first, so that renumbering (in `_place`) only meets
+            power.detach(self._fetch(event_id))
+        # Taken-out steps leave the fold first, so that renumbering (in `place`) only meets
         # steps that are in the ordering.
         touched = self._fold1.update(removed=leaving | moving, base_changed=base_changed)
         placing = sorted(joining | moving, key=self._index.position)
         for event_id in placing:
-            self._place(event_id, joins=event_id in joining)
-        if self._power_crowded:
-            self._renumber_power()
-        touched |= self._fold1.update(inserted=[(events[e], self._power_pos[e]) for e in placing])
-        self._power_refs_prune()
+            event = events[event_id]
+            power.place(event, self._power_key(event), joins=event_id in joining)
+        if power.crowded:
+            power.renumber()
+        touched |= self._fold1.update(inserted=[(events[e], power.pos[e]) for e in placing])
+        power.prune_refs()
         return touched, sorted(joining - leaving), sorted(leaving - joining)
-
-    def _renumber_power(self) -> None:
-        self._power_crowded = False
-        self._power_positions[:] = [float(i) for i in range(len(self._power_order))]
-        self._power_pos.clear()
-        self._power_pos.update((e, float(i)) for i, e in enumerate(self._power_order))
-        self._fold1.remap(self._power_pos)
 
     def _renumber_mainline(self) -> None:
         self._mainline_positions[:] = [float(i) for i in range(len(self._mainline_keys))]
         self._fold2.remap({EventId(k[2]): float(i) for i, k in enumerate(self._mainline_keys)})
-
-    def _power_refs_prune(self) -> None:
-        refs = self._power_refs
-        if len(refs) > 4 * len(self._power_nodes) + 64:
-            self._power_refs = Counter({k: v for k, v in refs.items() if v > 0})
-
-    def _detach(self, event_id: EventId) -> None:
-        """Take an event out of the power ordering (its refs were dropped by the caller if
-        it is leaving; a moving event's are dropped here and restored by `_place`)."""
-        at = self._power_pos.pop(event_id)
-        i = bisect_left(self._power_positions, at)
-        del self._power_order[i]
-        del self._power_positions[i]
-        del self._power_keys[i]
-        self._power_nodes.discard(event_id)
-        children = self._power_children
-        for auth_id in self._fetch(event_id).auth_event_ids:
-            siblings = children.get(auth_id)
-            if siblings is not None:
-                siblings.discard(event_id)
-
-    def _place(self, event_id: EventId, *, joins: bool) -> float:
-        """Put an event no ordered event depends on where Kahn's algorithm outputs it
-        (digest 6.2 sort): at the first step after its parents at which it sorts before the
-        event the old run output there; the other events keep their order."""
-        event = self._events[event_id]
-        positions = self._power_positions
-        power_keys = self._power_keys
-        power_pos = self._power_pos
-        start = 0
-        children = self._power_children
-        for parent in event.auth_event_ids:
-            # Every auth event, in the ordering or not: one that joins it later must know
-            # which ordered events depend on it.
-            children.setdefault(parent, set()).add(event_id)
-            at_parent = power_pos.get(parent)
-            if at_parent is not None:
-                start = max(start, bisect_left(positions, at_parent) + 1)
-        if joins:
-            self._power_refs.update(event.auth_event_ids)
-        key = self._power_key(event)
-        n = len(power_keys)
-        # The first i >= start with key < power_keys[i], compared in C.
-        i = next(compress(count(start), map(key.__lt__, islice(power_keys, start, None))), n)
-        at = _between(positions[i - 1] if i > 0 else None, positions[i] if i < n else None)
-        if at is None:
-            self._renumber_power()
-            at = _between(positions[i - 1], positions[i])
-            assert at is not None
-        self._power_order.insert(i, event_id)
-        positions.insert(i, at)
-        if _crowded(positions, i):
-            self._power_crowded = True
-        power_keys.insert(i, key)
-        power_pos[event_id] = at
-        self._power_nodes.add(event_id)
-        return at
 
 
 __all__ = ["IncrementalResolver"]

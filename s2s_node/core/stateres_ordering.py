@@ -1,0 +1,229 @@
+"""Orderings kept up to date for incremental state resolution: float positions between
+neighbours, and the reverse topological power ordering with events placed one at a time.
+
+Owns: `PowerOrdering` (the events of resolution step 1 in Kahn's lexicographic topological
+order, with the auth edges between them, updated by taking events out and placing them back)
+and the position arithmetic both orderings of `core.stateres_incremental` use (`between`,
+`crowded`, `spread_positions`). Must not: run auth checks (`core.stateres_fold`) or decide
+which events belong to the ordering (`core.stateres_incremental`).
+
+Spec: digest section 6.2, "Reverse topological power ordering" (Kahn's algorithm choosing,
+among the events whose auth events are all placed, the smallest
+`(-sender power level, origin_server_ts, event_id)`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from itertools import compress, count, islice, pairwise
+
+from s2s_node.core.events import Pdu
+from s2s_node.core.ids import EventId
+
+PowerKey = tuple[int, int, str]
+
+# Neighbouring positions closer than this (relative to their size) are renumbered: a float
+# gap halves at each insertion into it and runs out after about 40.
+MIN_GAP = 1e-12
+
+
+def between(low: float | None, high: float | None) -> float | None:
+    """A position between two neighbours (None for a side without one); None when floats
+    have no room left between them (the caller renumbers)."""
+    if low is None:
+        return 0.0 if high is None else high - 1.0
+    if high is None:
+        return low + 1.0
+    middle = (low + high) / 2
+    return middle if low < middle < high else None
+
+
+def crowded(positions: list[float], i: int) -> bool:
+    """Whether the gaps around `positions[i]` are small enough to renumber soon."""
+    at = positions[i]
+    room = MIN_GAP * max(1.0, abs(at))
+    return (i > 0 and at - positions[i - 1] < room) or (
+        i + 1 < len(positions) and positions[i + 1] - at < room
+    )
+
+
+def longest_increasing_run(items: list[tuple[float, EventId]]) -> set[EventId]:
+    """The events of a longest subsequence of `items` whose positions increase (patience
+    sorting, O(n log n))."""
+    tails: list[float] = []  # smallest last position of an increasing run of each length
+    tail_index: list[int] = []
+    previous: list[int] = []
+    for i, (at, _event_id) in enumerate(items):
+        j = bisect_left(tails, at)
+        if j == len(tails):
+            tails.append(at)
+            tail_index.append(i)
+        else:
+            tails[j] = at
+            tail_index[j] = i
+        previous.append(tail_index[j - 1] if j > 0 else -1)
+    kept: set[EventId] = set()
+    i = tail_index[-1] if tail_index else -1
+    while i >= 0:
+        kept.add(items[i][1])
+        i = previous[i]
+    return kept
+
+
+def spread_positions(
+    order: list[EventId], old_positions: Mapping[EventId, float], kept: set[EventId]
+) -> list[float] | None:
+    """Positions for `order` in which the `kept` events keep their old ones (they must
+    increase along `order`) and the others are spread evenly between them; None if floats
+    have no room for them."""
+    positions: list[float] = []
+    run = 0  # events waiting for a position since the last kept one
+
+    def place_run(low: float | None, high: float | None) -> None:
+        nonlocal run
+        for j in range(run):
+            if low is None and high is None:
+                at = float(j)
+            elif low is None:
+                assert high is not None
+                at = high - (run - j)
+            elif high is None:
+                at = low + j + 1
+            else:
+                at = low + (high - low) * (j + 1) / (run + 1)
+            positions.append(at)
+        run = 0
+
+    low: float | None = None
+    for event_id in order:
+        if event_id in kept:
+            high = old_positions[event_id]
+            place_run(low, high)
+            positions.append(high)
+            low = high
+        else:
+            run += 1
+    place_run(low, None)
+    if any(b <= a for a, b in pairwise(positions)):
+        return None
+    return positions
+
+
+class PowerOrdering:
+    """Resolution step 1's events in order, each at a float position.
+
+    `refs` counts, for every event ID, the ordered events citing it as an auth event;
+    `children` maps an event ID to the ordered events citing it (whether or not it is itself
+    ordered: an event joining later must know what depends on it). `renumber` is called with
+    the new positions whenever they are spread out again (the fold keyed on them follows).
+    """
+
+    def __init__(
+        self,
+        order: list[EventId],
+        positions: list[float],
+        events: Mapping[EventId, Pdu],
+        key: Callable[[Pdu], PowerKey],
+        renumber: Callable[[Mapping[EventId, float]], None],
+    ) -> None:
+        self.order = order
+        self.positions = positions
+        self.pos: dict[EventId, float] = dict(zip(order, positions, strict=True))
+        self.keys: list[PowerKey] = [key(events[e]) for e in order]
+        self.nodes: set[EventId] = set(order)
+        self.refs: Counter[EventId] = Counter(
+            a for event_id in order for a in events[event_id].auth_event_ids
+        )
+        self.children: dict[EventId, set[EventId]] = {}
+        for event_id in order:
+            for parent in events[event_id].auth_event_ids:
+                self.children.setdefault(parent, set()).add(event_id)
+        self.crowded = False
+        self._renumber_callback = renumber
+
+    def detach(self, event: Pdu) -> None:
+        """Take an event out (its refs stay: the caller drops those of a leaving event; a
+        moving one is placed back with `joins=False`)."""
+        event_id = event.event_id
+        at = self.pos.pop(event_id)
+        i = bisect_left(self.positions, at)
+        del self.order[i]
+        del self.positions[i]
+        del self.keys[i]
+        self.nodes.discard(event_id)
+        for auth_id in event.auth_event_ids:
+            siblings = self.children.get(auth_id)
+            if siblings is not None:
+                siblings.discard(event_id)
+
+    def place(self, event: Pdu, key: PowerKey, *, joins: bool) -> None:
+        """Put an event no ordered event depends on where Kahn's algorithm outputs it: at the
+        first step after its parents at which it sorts before the event the old run output
+        there (from then on the old run goes on as before, the event having no children)."""
+        event_id = event.event_id
+        positions = self.positions
+        keys = self.keys
+        start = 0
+        for parent in event.auth_event_ids:
+            self.children.setdefault(parent, set()).add(event_id)
+            at_parent = self.pos.get(parent)
+            if at_parent is not None:
+                start = max(start, bisect_left(positions, at_parent) + 1)
+        if joins:
+            self.refs.update(event.auth_event_ids)
+        n = len(keys)
+        # The first i >= start with key < keys[i], compared in C.
+        i = next(compress(count(start), map(key.__lt__, islice(keys, start, None))), n)
+        at = between(positions[i - 1] if i > 0 else None, positions[i] if i < n else None)
+        if at is None:
+            self.renumber()
+            at = between(positions[i - 1], positions[i])
+            assert at is not None
+        self.order.insert(i, event_id)
+        positions.insert(i, at)
+        keys.insert(i, key)
+        self.pos[event_id] = at
+        self.nodes.add(event_id)
+        if crowded(positions, i):
+            self.crowded = True
+
+    def renumber(self) -> None:
+        """Spread the positions out again (0, 1, 2, ...), in the same order."""
+        self.crowded = False
+        self.positions[:] = [float(i) for i in range(len(self.order))]
+        self.pos.clear()
+        self.pos.update((e, float(i)) for i, e in enumerate(self.order))
+        self._renumber_callback(self.pos)
+
+    def prune_refs(self) -> None:
+        """Forget the event IDs nothing ordered cites any more."""
+        refs = self.refs
+        if len(refs) > 4 * len(self.nodes) + 64:
+            self.refs = Counter({k: v for k, v in refs.items() if v > 0})
+
+    def descendants_of(self, event_ids: Iterable[EventId], excluded: set[EventId]) -> set[EventId]:
+        """The ordered events that depend, through ordered events, on any of `event_ids`."""
+        children = self.children
+        nodes = self.nodes
+        found: set[EventId] = set()
+        pending = [c for e in event_ids for c in children.get(e, ())]
+        while pending:
+            event_id = pending.pop()
+            if event_id in found or event_id not in nodes or event_id in excluded:
+                continue
+            found.add(event_id)
+            pending.extend(children.get(event_id, ()))
+        return found
+
+
+__all__ = [
+    "MIN_GAP",
+    "PowerKey",
+    "PowerOrdering",
+    "between",
+    "crowded",
+    "longest_increasing_run",
+    "spread_positions",
+]
