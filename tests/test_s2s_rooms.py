@@ -90,15 +90,22 @@ async def test_stable_room_type_from_config(tmp_path: Path) -> None:
 async def test_invite_from_an_unknown_server_is_not_followed(tmp_path: Path) -> None:
     with trio.fail_after(30):
         async with contextlib.AsyncExitStack() as stack:
-            a = await start(stack, tmp_path / "a")
-            b = await start(stack, tmp_path / "b")
-            # a knows b, b does not know a: b must not join on its own
-            address = address_of(b)
-            await a.add_peer_address(b.identifier, address.host, address.port)
-            room = await a.create_s2s_room(b.identifier)
+            _a, b, room = await _invited_by_a_stranger(stack, tmp_path)
             await wait_for(lambda: _invited(b, room))
             await trio.sleep(0.5)
             assert await b.rooms.room_rules(room) is None
+
+
+async def _invited_by_a_stranger(
+    stack: contextlib.AsyncExitStack, tmp_path: Path
+) -> tuple[Node, Node, str]:
+    """Nodes a and b, and an s2s room a created inviting b: a knows b, b does not know a (so
+    b's s2s service does not join on its own)."""
+    a = await start(stack, tmp_path / "a")
+    b = await start(stack, tmp_path / "b")
+    address = address_of(b)
+    await a.add_peer_address(b.identifier, address.host, address.port)
+    return a, b, await a.create_s2s_room(b.identifier)
 
 
 async def _invited(node: Node, room: str) -> bool:
@@ -219,12 +226,8 @@ async def test_a_joining_node_does_not_read_the_dag_per_event_of_its_catch_up(
     monkeypatch.setattr(service_module, "_load_room", counting)
     with trio.fail_after(60):
         async with contextlib.AsyncExitStack() as stack:
-            a = await start(stack, tmp_path / "a")
-            b = await start(stack, tmp_path / "b")
-            # a knows b (to invite it); b learns a only afterwards, so it does not auto-join.
-            address = address_of(b)
-            await a.add_peer_address(b.identifier, address.host, address.port)
-            room = await a.create_s2s_room(b.identifier)
+            # b learns a only after the fill, so it does not auto-join.
+            a, b, room = await _invited_by_a_stranger(stack, tmp_path)
             for i in range(1100):  # more than two ingest chunks of 500
                 await a.send_event(room, "m.room.message", {"msgtype": "m.text", "body": str(i)})
             await connect(a, b)

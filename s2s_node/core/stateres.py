@@ -259,15 +259,7 @@ def _reverse_topological_power_sort(
     As Synapse and ruma do, the ancestry is followed through `auth_events` edges whose ends are
     both in the full conflicted set, and those edges make the DAG that is sorted.
     """
-    graph: dict[EventId, list[EventId]] = {}
-    pending = [e.event_id for e in power_events]
-    while pending:
-        event_id = pending.pop()
-        if event_id in graph:
-            continue
-        parents = [a for a in events[event_id].auth_event_ids if a in events]
-        graph[event_id] = parents
-        pending.extend(a for a in parents if a not in graph)
+    graph = compute_power_graph(power_events, events)
 
     # Sort key (digest 6.2): (-sender power level, origin_server_ts, event_id), the power level
     # taken from each event's own auth events.
@@ -277,6 +269,23 @@ def _reverse_topological_power_sort(
         keys[event_id] = (-_sender_power(event, get_event), event.origin_server_ts, event_id)
     order = compute_lexicographic_topological_order(graph, keys.__getitem__)
     return [events[event_id] for event_id in order]
+
+
+def compute_power_graph(
+    power_events: Iterable[Pdu], events: Mapping[EventId, Pdu]
+) -> dict[EventId, list[EventId]]:
+    """Step 1's DAG: the power events and their ancestors through `auth_events` edges whose
+    ends are both in `events` (the full conflicted set), each mapped to those parents."""
+    graph: dict[EventId, list[EventId]] = {}
+    pending = [e.event_id for e in power_events]
+    while pending:
+        event_id = pending.pop()
+        if event_id in graph:
+            continue
+        parents = [a for a in events[event_id].auth_event_ids if a in events]
+        graph[event_id] = parents
+        pending.extend(a for a in parents if a not in graph)
+    return graph
 
 
 def _sender_power(event: Pdu, get_event: GetEvent) -> int:
@@ -328,26 +337,73 @@ def _mainline_sort(
         event_id: depth for depth, event_id in enumerate(reversed(mainline), start=1)
     }
 
-    def mainline_depth(event: Pdu) -> int:
-        # Walk e1, e2, ... (the power levels event in each one's auth events) until one is on
-        # the mainline; remember the answer for every power levels event passed on the way.
-        walked: list[EventId] = []
-        current: Pdu | None = event
-        depth = 0
-        while current is not None:
-            known = depth_of.get(current.event_id)
-            if known is not None:
-                depth = known
-                break
-            walked.append(current.event_id)
-            current = _power_levels_auth_event(current, get_event)
-        for event_id in walked[1:]:
-            depth_of[event_id] = depth
-        return depth
-
-    keyed = [(mainline_depth(e), e.origin_server_ts, e.event_id, e) for e in events]
+    keyed = [
+        (compute_mainline_depth(e, depth_of, get_event), e.origin_server_ts, e.event_id, e)
+        for e in events
+    ]
     keyed.sort(key=lambda item: item[:3])
     return [item[3] for item in keyed]
+
+
+def compute_mainline_depth(event: Pdu, depth_of: dict[EventId, int], get_event: GetEvent) -> int:
+    """An event's mainline position (digest 6.2), `depth_of` holding the mainline's.
+
+    Walks e1, e2, ... (the power levels event among each one's auth events) until one is on the
+    mainline (0 if none is), and remembers the answer in `depth_of` for every power levels
+    event passed on the way.
+    """
+    walked: list[EventId] = []
+    current: Pdu | None = event
+    depth = 0
+    while current is not None:
+        known = depth_of.get(current.event_id)
+        if known is not None:
+            depth = known
+            break
+        walked.append(current.event_id)
+        current = _power_levels_auth_event(current, get_event)
+    for event_id in walked[1:]:
+        depth_of[event_id] = depth
+    return depth
+
+
+def is_allowed_in_partial_state(
+    event: Pdu,
+    lookup: Callable[[StateKey], EventId | None],
+    get_event: GetEvent,
+    is_rejected: IsRejected,
+) -> bool:
+    """One iterative auth check (digest 6.2): whether the state-dependent auth rules allow
+    `event` against the partial state `lookup` reads.
+
+    Its auth map is, for every key the auth-events selection wants for it, the event the
+    partial state holds there unless that one was rejected; the event's own non-rejected auth
+    events (v12: with the implied create event) fill the keys left empty.
+    """
+    auth_state: dict[StateKey, Pdu] = {}
+    incomplete = False
+    for key in compute_auth_keys(event):
+        state_id = lookup(key)
+        if state_id is not None and not is_rejected(state_id):
+            auth_state[key] = get_event(state_id)
+        else:
+            incomplete = True
+    # The event's own auth events fill the keys the partial state lacks. (When it has them
+    # all, the own ones would all be overridden: `check_auth` reads only the keys
+    # `compute_auth_keys` names.)
+    if incomplete:
+        for auth_id in event.auth_event_ids:
+            if is_rejected(auth_id):
+                continue
+            auth_event = get_event(auth_id)
+            auth_key = auth_event.state_tuple
+            if auth_key is not None and auth_key not in auth_state:
+                auth_state[auth_key] = auth_event
+    try:
+        check_auth(event, auth_state)
+    except AuthError:
+        return False
+    return True
 
 
 def _memoised(lookup: Callable[[EventId], _R], cache: dict[EventId, _R]) -> Callable[[EventId], _R]:
@@ -380,32 +436,10 @@ def _iterative_auth_checks(
     spec, never admits a previously rejected event here.
     """
     state = base_state
-    check_rejected = is_rejected is not _never_rejected
+    lookup = state.get
     for event in events:
-        auth_state: dict[StateKey, Pdu] = {}
-        incomplete = False
-        for key in compute_auth_keys(event):
-            state_id = state.get(key)
-            if state_id is not None and not (check_rejected and is_rejected(state_id)):
-                auth_state[key] = get_event(state_id)
-            else:
-                incomplete = True
-        # The event's own auth events fill the keys the partial state lacks. (When it has them
-        # all, the own ones would all be overridden: `check_auth` reads only the keys
-        # `compute_auth_keys` names.)
-        if incomplete:
-            for auth_id in event.auth_event_ids:
-                if check_rejected and is_rejected(auth_id):
-                    continue
-                auth_event = get_event(auth_id)
-                auth_key = auth_event.state_tuple
-                if auth_key is not None and auth_key not in auth_state:
-                    auth_state[auth_key] = auth_event
-        try:
-            check_auth(event, auth_state)
-        except AuthError:
-            continue
-        own_key = event.state_tuple
-        if own_key is not None:
-            state[own_key] = event.event_id
+        if is_allowed_in_partial_state(event, lookup, get_event, is_rejected):
+            own_key = event.state_tuple
+            if own_key is not None:
+                state[own_key] = event.event_id
     return state

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
-from s2s_node.core.auth import AuthError, StateKey, check_auth, compute_auth_keys
+from s2s_node.core.auth import StateKey, compute_auth_keys
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
+from s2s_node.core.stateres import is_allowed_in_partial_state
 
 GetEvent = Callable[[EventId], Pdu]
 IsRejected = Callable[[EventId], bool]
@@ -201,29 +202,7 @@ class AuthCheckFold:
         return changed
 
     def _check(self, event: Pdu, lookup: BaseLookup) -> bool:
-        is_rejected = self._is_rejected
-        get_event = self._get_event
-        auth_state: dict[StateKey, Pdu] = {}
-        incomplete = False
-        for key in compute_auth_keys(event):
-            state_id = lookup(key)
-            if state_id is not None and not is_rejected(state_id):
-                auth_state[key] = get_event(state_id)
-            else:
-                incomplete = True
-        if incomplete:
-            for auth_id in event.auth_event_ids:
-                if is_rejected(auth_id):
-                    continue
-                auth_event = get_event(auth_id)
-                auth_key = auth_event.state_tuple
-                if auth_key is not None and auth_key not in auth_state:
-                    auth_state[auth_key] = auth_event
-        try:
-            check_auth(event, auth_state)
-        except AuthError:
-            return False
-        return True
+        return is_allowed_in_partial_state(event, lookup, self._get_event, self._is_rejected)
 
 
 def no_base(_key: StateKey) -> None:

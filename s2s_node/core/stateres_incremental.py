@@ -50,6 +50,8 @@ from s2s_node.core.stateres import (
     _power_levels_auth_event,
     _sender_power,
     compute_lexicographic_topological_order,
+    compute_mainline_depth,
+    compute_power_graph,
     is_power_event,
     split_state,
 )
@@ -284,15 +286,7 @@ class IncrementalResolver:
         """Step 1 from scratch: the power events of the full conflicted set and their
         ancestors in it, by reverse topological power ordering."""
         events = self._events
-        graph: dict[EventId, list[EventId]] = {}
-        pending = [e.event_id for e in events.values() if is_power_event(e)]
-        while pending:
-            event_id = pending.pop()
-            if event_id in graph:
-                continue
-            parents = [a for a in events[event_id].auth_event_ids if a in events]
-            graph[event_id] = parents
-            pending.extend(a for a in parents if a not in graph)
+        graph = compute_power_graph((e for e in events.values() if is_power_event(e)), events)
         return compute_lexicographic_topological_order(
             graph, lambda event_id: self._power_key(events[event_id])
         )
@@ -368,19 +362,7 @@ class IncrementalResolver:
         return True
 
     def _mainline_key(self, event: Pdu) -> tuple[int, int, str]:
-        depth_of = self._depth_of
-        walked: list[EventId] = []
-        current: Pdu | None = event
-        depth = 0
-        while current is not None:
-            known = depth_of.get(current.event_id)
-            if known is not None:
-                depth = known
-                break
-            walked.append(current.event_id)
-            current = _power_levels_auth_event(current, self._get_event)
-        for event_id in walked[1:]:
-            depth_of[event_id] = depth
+        depth = compute_mainline_depth(event, self._depth_of, self._get_event)
         return (depth, event.origin_server_ts, event.event_id)
 
     def _final(self, key: StateKey) -> EventId | None:
