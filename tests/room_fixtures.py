@@ -13,6 +13,7 @@ import functools
 import gzip
 import hashlib
 import json
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,3 +201,15 @@ def load_bench_room(name: str) -> BenchRoom:
 
 def bench_room_names() -> list[str]:
     return sorted(p.name for p in ROOMS.glob("*.json.gz"))
+
+
+def random_message_dag(n: int, seed: int, name: str) -> RoomFixture:
+    """A v11 room whose `n` messages cite 1-3 of the last dozen events each (forks and
+    merges), from the last initial state event on; the same `seed` gives the same room."""
+    fixture = RoomFixture("11", name=name)
+    rng = random.Random(seed)
+    for i in range(n):
+        pool = [e.event_id for e in fixture.events[4:][-12:]]
+        prev = rng.sample(pool, rng.randint(1, min(3, len(pool))))
+        fixture.add(fixture.message(ALICE, f"m{i}", prev_events=prev))
+    return fixture

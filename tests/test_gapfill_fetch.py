@@ -10,13 +10,12 @@ events holds.
 
 from __future__ import annotations
 
-import random
 import urllib.parse
 from collections import deque
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from room_fixtures import ALICE, RoomFixture
+from room_fixtures import RoomFixture, random_message_dag
 
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
@@ -24,16 +23,7 @@ from s2s_node.net.gapfill import fetch_history
 
 
 def build_dag(n: int, seed: int) -> RoomFixture:
-    """Messages citing 1-3 of the last dozen events each (forks and merges)."""
-    fixture = RoomFixture("11", name=f"gap{seed}")
-    rng = random.Random(seed)
-    for i in range(n):
-        pool = [
-            e.event_id for e in fixture.events[4:][-12:]
-        ]  # from the last initial state event on
-        prev = rng.sample(pool, rng.randint(1, min(3, len(pool))))
-        fixture.add(fixture.message(ALICE, f"m{i}", prev_events=prev))
-    return fixture
+    return random_message_dag(n, seed, name=f"gap{seed}")
 
 
 class Peer:

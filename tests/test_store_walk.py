@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from room_fixtures import ALICE, RoomFixture
+from room_fixtures import RoomFixture, random_message_dag
 
 from s2s_node.core.canonical import parse_json_object
 from s2s_node.core.ids import EventId
@@ -24,16 +24,7 @@ from s2s_node.store import SqliteRoomStore, Store
 
 
 def build_dag(n: int, seed: int) -> RoomFixture:
-    """A room whose messages cite 1-3 random earlier events each (forks and merges)."""
-    fixture = RoomFixture("11", name=f"walk{seed}")
-    rng = random.Random(seed)
-    for i in range(n):
-        pool = [
-            e.event_id for e in fixture.events[4:][-12:]
-        ]  # from the last initial state event on
-        prev = rng.sample(pool, rng.randint(1, min(3, len(pool))))
-        fixture.add(fixture.message(ALICE, f"m{i}", prev_events=prev))
-    return fixture
+    return random_message_dag(n, seed, name=f"walk{seed}")
 
 
 @pytest.fixture(params=["file", "memory"])
