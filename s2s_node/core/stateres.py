@@ -173,7 +173,7 @@ def compute_conflicted_state(
     full_mask = conflicted_mask | auth_difference_mask
     subgraph_mask = 0
     if rules.state_res_conflicted_subgraph:
-        subgraph_mask = _conflicted_subgraph_mask(index, conflicted_mask)
+        subgraph_mask = compute_conflicted_subgraph_mask(index, conflicted_mask)
         full_mask |= subgraph_mask
     return ConflictedState(
         unconflicted=dict(unconflicted),
@@ -184,7 +184,7 @@ def compute_conflicted_state(
     )
 
 
-def _conflicted_subgraph_mask(index: AuthChainIndex, conflicted_mask: int) -> int:
+def compute_conflicted_subgraph_mask(index: AuthChainIndex, conflicted_mask: int) -> int:
     """v2.1: the events on some auth path from one conflicted event to another (digest 6.4).
 
     With C the conflicted events and B = C ∪ the auth chains of C: {x ∈ B : x ∈ C or
@@ -266,7 +266,7 @@ def _reverse_topological_power_sort(
     keys: dict[EventId, tuple[int, int, str]] = {}
     for event_id in graph:
         event = events[event_id]
-        keys[event_id] = (-_sender_power(event, get_event), event.origin_server_ts, event_id)
+        keys[event_id] = (-compute_sender_power(event, get_event), event.origin_server_ts, event_id)
     order = compute_lexicographic_topological_order(graph, keys.__getitem__)
     return [events[event_id] for event_id in order]
 
@@ -288,7 +288,7 @@ def compute_power_graph(
     return graph
 
 
-def _sender_power(event: Pdu, get_event: GetEvent) -> int:
+def compute_sender_power(event: Pdu, get_event: GetEvent) -> int:
     """The sender's power level according to the event's own auth events (digest 6.2).
 
     The create event (v12: implied by `auth_event_ids`) and the power levels event among the
@@ -310,7 +310,7 @@ def _sender_power(event: Pdu, get_event: GetEvent) -> int:
     return compute_user_level(event.sender, create, power_levels)
 
 
-def _power_levels_auth_event(event: Pdu, get_event: GetEvent) -> Pdu | None:
+def power_levels_auth_event(event: Pdu, get_event: GetEvent) -> Pdu | None:
     """The `m.room.power_levels` event among an event's auth events, if any."""
     for auth_id in event.auth_event_ids:
         auth_event = get_event(auth_id)
@@ -328,21 +328,24 @@ def _mainline_sort(
     event = n + 1, not on the mainline = 0) and sorted ascending; this is the spec's order
     ("greater position first" with the newest at 0 and ∞ for none).
     """
-    mainline: list[EventId] = []
-    pl_event = get_event(power_levels_id) if power_levels_id is not None else None
-    while pl_event is not None:
-        mainline.append(pl_event.event_id)
-        pl_event = _power_levels_auth_event(pl_event, get_event)
-    depth_of: dict[EventId, int] = {
-        event_id: depth for depth, event_id in enumerate(reversed(mainline), start=1)
-    }
-
+    depth_of = compute_mainline(power_levels_id, get_event)
     keyed = [
         (compute_mainline_depth(e, depth_of, get_event), e.origin_server_ts, e.event_id, e)
         for e in events
     ]
     keyed.sort(key=lambda item: item[:3])
     return [item[3] for item in keyed]
+
+
+def compute_mainline(power_levels_id: EventId | None, get_event: GetEvent) -> dict[EventId, int]:
+    """The mainline of a power levels event (digest 6.2): it and, recursively, the power
+    levels event among its auth events, each with its position counted from the oldest (1)."""
+    mainline: list[EventId] = []
+    pl_event = get_event(power_levels_id) if power_levels_id is not None else None
+    while pl_event is not None:
+        mainline.append(pl_event.event_id)
+        pl_event = power_levels_auth_event(pl_event, get_event)
+    return {event_id: depth for depth, event_id in enumerate(reversed(mainline), start=1)}
 
 
 def compute_mainline_depth(event: Pdu, depth_of: dict[EventId, int], get_event: GetEvent) -> int:
@@ -361,7 +364,7 @@ def compute_mainline_depth(event: Pdu, depth_of: dict[EventId, int], get_event: 
             depth = known
             break
         walked.append(current.event_id)
-        current = _power_levels_auth_event(current, get_event)
+        current = power_levels_auth_event(current, get_event)
     for event_id in walked[1:]:
         depth_of[event_id] = depth
     return depth

@@ -19,15 +19,19 @@ up to date from the changes of its inputs:
   cites the event it supersedes for memberships and power levels), recomputed otherwise;
 - v2.1 conflicted subgraph: membership is re-decided only for events whose auth chain holds a
   conflicted event that came or went, and for the new ancestors;
-- power ordering: a new event that no event of the ordering depends on is placed where Kahn's
-  algorithm would output it (the first place after its parents whose event sorts after it);
-  anything else rebuilds the ordering;
+- power ordering (`core/stateres_ordering.py`): an event that no ordered event depends on is
+  placed where Kahn's algorithm would output it (the first place after its parents whose
+  event sorts after it); events that depend on one that joins or leaves are taken out and put
+  back; when many move, the ordering is sorted again and only the events off the longest
+  unchanged run move;
+- mainline ordering: kept while the partial state's power levels event stays, or extends the
+  mainline by newer power levels events;
 - iterative auth checks: an `AuthCheckFold` (`core/stateres_fold.py`) records which keys each
   check read; a change re-runs only the checks that read a key whose value changed before
   them, in order.
 
-Anything outside those cases (a different number of inputs, many changed keys, an event
-leaving the power ordering, a new mainline) is recomputed from scratch, the same way.
+Anything else (many changed keys, a mainline that does not extend the previous one) is
+recomputed from scratch, the same way; so is the first call.
 """
 
 from __future__ import annotations
@@ -40,19 +44,20 @@ from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
+from s2s_node.core.power import POWER_LEVELS_KEY
 from s2s_node.core.rules import RoomVersionRules
 from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import (
-    _PL_KEY,
     GetEvent,
     IsRejected,
-    _conflicted_subgraph_mask,
-    _power_levels_auth_event,
-    _sender_power,
+    compute_conflicted_subgraph_mask,
     compute_lexicographic_topological_order,
+    compute_mainline,
     compute_mainline_depth,
     compute_power_graph,
+    compute_sender_power,
     is_power_event,
+    power_levels_auth_event,
     split_state,
 )
 from s2s_node.core.stateres_fold import AuthCheckFold, no_base
@@ -142,7 +147,7 @@ class IncrementalResolver:
     def _power_key(self, event: Pdu) -> tuple[int, int, str]:
         key = self._power_key_of.get(event.event_id)
         if key is None:
-            power = _sender_power(event, self._get_event)
+            power = compute_sender_power(event, self._get_event)
             key = self._power_key_of[event.event_id] = (
                 -power,
                 event.origin_server_ts,
@@ -243,7 +248,7 @@ class IncrementalResolver:
         self._ancestors = 0
         if rules.state_res_conflicted_subgraph:
             self._ancestors = self._ancestors_of(self._conflicted)
-            self._subgraph = _conflicted_subgraph_mask(index, self._conflicted_mask)
+            self._subgraph = compute_conflicted_subgraph_mask(index, self._conflicted_mask)
         self._full = self._compute_full_mask()
         self._events: dict[EventId, Pdu] = {}
         for event_id in index.ids_of(self._full):
@@ -318,15 +323,8 @@ class IncrementalResolver:
 
     def _rebuild_mainline(self) -> None:
         """Step 3 (mainline ordering of the other events) and step 4 from scratch."""
-        self._mainline_pl = self._fold1.final(_PL_KEY)
-        self._depth_of: dict[EventId, int] = {}
-        mainline: list[EventId] = []
-        pl_event = self._get_event(self._mainline_pl) if self._mainline_pl is not None else None
-        while pl_event is not None:
-            mainline.append(pl_event.event_id)
-            pl_event = _power_levels_auth_event(pl_event, self._get_event)
-        for depth, event_id in enumerate(reversed(mainline), start=1):
-            self._depth_of[event_id] = depth
+        self._mainline_pl = self._fold1.final(POWER_LEVELS_KEY)
+        self._depth_of = compute_mainline(self._mainline_pl, self._get_event)
         leftover = [e for e in self._events.values() if e.event_id not in self._power.nodes]
         keyed = sorted(self._mainline_key(e) for e in leftover)
         self._mainline_keys: list[tuple[int, int, str]] = keyed
@@ -341,7 +339,7 @@ class IncrementalResolver:
         """Take a new power levels event of the partial state as the mainline's newest end if
         the old end is on its own mainline: depths count from the oldest end, so every event
         already ordered keeps its key (only events citing the new ones can reach them)."""
-        new_end = self._fold1.final(_PL_KEY)
+        new_end = self._fold1.final(POWER_LEVELS_KEY)
         old_end = self._mainline_pl
         if new_end is None or old_end is None:
             return False
@@ -351,7 +349,7 @@ class IncrementalResolver:
             if current.event_id in self._depth_of or len(added) > 64:
                 return False  # joins the old mainline below its end, or too far back
             added.append(current.event_id)
-            current = _power_levels_auth_event(current, self._get_event)
+            current = power_levels_auth_event(current, self._get_event)
         if current is None:
             return False
         depth = self._depth_of[old_end]
@@ -469,7 +467,7 @@ class IncrementalResolver:
         touched, now_power, no_longer_power = moved
 
         # Steps 3 and 4: the other events, by mainline ordering.
-        if self._fold1.final(_PL_KEY) != self._mainline_pl and not self._extend_mainline():
+        if self._fold1.final(POWER_LEVELS_KEY) != self._mainline_pl and not self._extend_mainline():
             previous = self._result
             self._rebuild_mainline()
             return self._emit_from_scratch(previous)
