@@ -179,3 +179,15 @@ def test_forks_with_kicks_bans_power_changes_and_convergence(
     room.graph.add(merge)
     assert checked.calls >= len(b_steps)
     assert checked.mismatches == []
+
+
+def test_no_input_or_one_input_resolves_to_itself_and_keeps_the_previous_work() -> None:
+    pdus = _cached_pdus(bench_room_names()[0])
+    graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
+    for pdu in pdus:
+        graph.add(pdu)
+    resolver = IncrementalResolver(graph.rules, graph.store.auth_chains, graph.is_rejected)
+    assert dict(resolver.resolve([], graph.get_event)) == {}
+    one = graph.current_state()
+    assert dict(resolver.resolve([one], graph.get_event)) == dict(one)
+    assert resolver.rebuilds == resolver.updates == 0

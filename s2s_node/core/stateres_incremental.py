@@ -160,9 +160,11 @@ class IncrementalResolver:
     def resolve(
         self, state_sets: Sequence[Mapping[StateKey, EventId]], get_event: GetEvent
     ) -> StateSnapshot:
+        if len(state_sets) < 2:  # nothing to resolve (the previous work stays for later)
+            return StateSnapshot(dict(state_sets[0])) if state_sets else StateSnapshot()
         self._caller_get_event = get_event
         try:
-            if self._valid and len(state_sets) >= 2:
+            if self._valid:
                 changes = self._input_changes(state_sets)
                 if changes is not None:
                     # Half-updated structures are never reused: valid again only on success.
