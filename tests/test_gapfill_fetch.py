@@ -83,14 +83,18 @@ def known_of(ids: set[EventId], calls: list[int]) -> Any:
     return known
 
 
-async def test_a_gap_is_fetched_once_complete_and_parents_first() -> None:
-    fixture = build_dag(400, seed=1)
-    events = fixture.events
-    have = {e.event_id for e in events[:60]}
-    new = events[-1]  # the event we received and cannot place
-    calls: list[int] = []
-    peer = Peer(events)
-    history = await fetch_history(
+async def _fetch_gap(
+    fixture: RoomFixture,
+    peer: Peer,
+    new: Pdu,
+    have: set[EventId],
+    known: Any,
+    *,
+    max_events: int,
+    page: int,
+) -> Any:
+    """`fetch_history` for the gap between what we `have` and `new`, from `peer`."""
+    return await fetch_history(
         peer,  # type: ignore[arg-type]
         "peer",
         fixture.create.room_id,
@@ -98,9 +102,21 @@ async def test_a_gap_is_fetched_once_complete_and_parents_first() -> None:
         latest=[new.event_id],
         earliest=sorted(have),
         cited=[*new.prev_events, *new.auth_event_ids],
-        known=known_of(have, calls),
-        max_events=10_000,
-        page=50,
+        known=known,
+        max_events=max_events,
+        page=page,
+    )
+
+
+async def test_a_gap_is_fetched_once_complete_and_parents_first() -> None:
+    fixture = build_dag(400, seed=1)
+    events = fixture.events
+    have = {e.event_id for e in events[:60]}
+    new = events[-1]  # the event we received and cannot place
+    calls: list[int] = []
+    peer = Peer(events)
+    history = await _fetch_gap(
+        fixture, peer, new, have, known_of(have, calls), max_events=10_000, page=50
     )
     expected = ancestors(events, new.event_id, have)
     assert len(expected) > 250
@@ -131,33 +147,15 @@ async def test_events_off_the_walk_come_one_by_one_and_the_bound_holds() -> None
     # The power levels (an auth event of every message) and a message in the middle.
     hidden = {events[2].event_id, by_depth[len(by_depth) // 2]}
     peer = Peer(events, hidden=hidden)
-    history = await fetch_history(
-        peer,  # type: ignore[arg-type]
-        "peer",
-        fixture.create.room_id,
-        fixture.rules,
-        latest=[new.event_id],
-        earliest=sorted(have),
-        cited=[*new.prev_events, *new.auth_event_ids],
-        known=known_of(have, []),
-        max_events=10_000,
-        page=40,
+    history = await _fetch_gap(
+        fixture, peer, new, have, known_of(have, []), max_events=10_000, page=40
     )
     assert history.complete
     assert set(peer.singles) >= hidden
     assert {k[1] for k in history.keys} == expected
 
-    bounded = await fetch_history(
-        Peer(events),  # type: ignore[arg-type]
-        "peer",
-        fixture.create.room_id,
-        fixture.rules,
-        latest=[new.event_id],
-        earliest=sorted(have),
-        cited=[*new.prev_events, *new.auth_event_ids],
-        known=known_of(have, []),
-        max_events=45,
-        page=20,
+    bounded = await _fetch_gap(
+        fixture, Peer(events), new, have, known_of(have, []), max_events=45, page=20
     )
     assert len(bounded.events) == 45
     assert not bounded.complete and bounded.missing
