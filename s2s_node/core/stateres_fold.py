@@ -14,9 +14,8 @@ Spec: digest section 6.2, "Iterative auth checks"; used by `core.stateres_increm
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from typing import Any
 
 from s2s_node.core.auth import StateKey, compute_auth_keys
@@ -29,15 +28,22 @@ IsRejected = Callable[[EventId], bool]
 BaseLookup = Callable[[StateKey], EventId | None]
 _INF = float("inf")
 _UNSET: Any = object()
+# The steps of one key: their positions (ascending) and their event IDs.
+_Entries = tuple[list[float], list[EventId]]
 
 
 class AuthCheckFold:
     """Iterative auth checks (digest 6.2) over an ordered list of events, kept up to date.
 
-    Each step is an event at a float position. The value of a key at a position is the last
-    step before it that passed and sets that key, else the base. A step passes if
-    `check_auth` allows it against the values of its auth keys at its position (with its own
-    auth events filling missing or rejected ones, as `stateres._iterative_auth_checks` does).
+    Each step is an event at a float position (positions are distinct). The value of a key at
+    a position is the last step before it that passed and sets that key, else the base. A
+    step passes if `check_auth` allows it against the values of its auth keys at its position
+    (with its own auth events filling missing or rejected ones, as
+    `stateres._iterative_auth_checks` does).
+
+    Per key, the steps setting it (writers) and those reading it (readers) are kept as two
+    parallel lists each, positions ascending, so that the value at a position is a bisection
+    over floats and a short walk back to the last writer that passed.
     """
 
     def __init__(
@@ -50,11 +56,13 @@ class AuthCheckFold:
         self._get_event = get_event
         self._is_rejected = is_rejected
         self.pos: dict[EventId, float] = {}
-        self._events: dict[EventId, Pdu] = {}
+        # Per step: the event, the key it sets and the keys its check reads.
+        self._steps: dict[EventId, tuple[Pdu, StateKey, tuple[StateKey, ...]]] = {}
         self._passed: dict[EventId, bool] = {}
-        self._writers: dict[StateKey, list[tuple[float, EventId]]] = {}
-        self._readers: dict[StateKey, list[tuple[float, EventId]]] = {}
-        # The final value of every key some step sets, as of the end of the last update.
+        self._writers: dict[StateKey, _Entries] = {}
+        self._readers: dict[StateKey, _Entries] = {}
+        # The final value of every key some step sets, as of the end of the last update
+        # (a key no step that passed sets may be missing: its final value is the base's).
         self._finals: dict[StateKey, EventId | None] = {}
 
     def build(self, steps: Iterable[tuple[Pdu, float]]) -> None:
@@ -66,6 +74,8 @@ class AuthCheckFold:
         writers = self._writers
         readers = self._readers
         passed = self._passed
+        pos = self.pos
+        records = self._steps
 
         if base is no_base:
             lookup: BaseLookup = state.get
@@ -77,40 +87,53 @@ class AuthCheckFold:
 
         for event, at in steps:
             event_id = event.event_id
-            own_key = event.state_tuple
-            assert own_key is not None
-            self.pos[event_id] = at
-            self._events[event_id] = event
-            writers.setdefault(own_key, []).append((at, event_id))
-            for key in compute_auth_keys(event):
-                readers.setdefault(key, []).append((at, event_id))
+            own_key, auth_keys = _step_keys(event)
+            pos[event_id] = at
+            records[event_id] = (event, own_key, auth_keys)
+            entries = writers.get(own_key)
+            if entries is None:
+                entries = writers[own_key] = ([], [])
+            entries[0].append(at)
+            entries[1].append(event_id)
+            for key in auth_keys:
+                entries = readers.get(key)
+                if entries is None:
+                    entries = readers[key] = ([], [])
+                entries[0].append(at)
+                entries[1].append(event_id)
             ok = passed[event_id] = self._check(event, lookup)
             if ok:
                 state[own_key] = event_id
-        self._finals = {key: self.final(key) for key in writers}
+        self._finals = {key: self._value_at(key, _INF) for key in writers}
 
-    def value_at(self, key: StateKey, at: float) -> EventId | None:
-        writers = self._writers.get(key)
-        if writers:
+    def _value_at(self, key: StateKey, at: float) -> EventId | None:
+        entries = self._writers.get(key)
+        if entries is not None:
             passed = self._passed
-            for i in range(bisect_left(writers, (at,)) - 1, -1, -1):
-                event_id = writers[i][1]
+            ids = entries[1]
+            i = bisect_left(entries[0], at)
+            while i:
+                i -= 1
+                event_id = ids[i]
                 if passed[event_id]:
                     return event_id
         return self.base(key)
 
-    def _value_before(self, at: float, key: StateKey) -> EventId | None:
-        return self.value_at(key, at)
+    def value_at(self, key: StateKey, at: float) -> EventId | None:
+        """The value of `key` for a step at position `at` (what the steps before it set)."""
+        return self._value_at(key, at)
 
     def final(self, key: StateKey) -> EventId | None:
-        return self.value_at(key, _INF)
+        """The value of `key` after the last step (as of the end of the last update)."""
+        found = self._finals.get(key, _UNSET)
+        return self.base(key) if found is _UNSET else found
 
     def remap(self, new_positions: Mapping[EventId, float]) -> None:
         """Move every step to a new position, in the same order."""
         self.pos = {event_id: new_positions[event_id] for event_id in self.pos}
         for table in (self._writers, self._readers):
-            for key, entries in table.items():
-                table[key] = [(new_positions[event_id], event_id) for _at, event_id in entries]
+            for entries in table.values():
+                entries[0][:] = [new_positions[event_id] for event_id in entries[1]]
 
     def written_keys(self) -> Iterable[StateKey]:
         return self._writers.keys()
@@ -128,72 +151,87 @@ class AuthCheckFold:
             return set()
         agenda: list[tuple[float, EventId]] = []
         touched: set[StateKey] = set()
+        writers_of = self._writers
+        readers_of = self._readers
+        passed = self._passed
+        pos = self.pos
+        records = self._steps
 
         def changed_from(key: StateKey, at: float) -> None:
             # The value of `key` changed for positions after `at`, up to and including the
             # next step that passed and sets it (a step reads before it writes).
             touched.add(key)
-            readers = self._readers.get(key)
-            if not readers:
+            readers = readers_of.get(key)
+            if readers is None or not readers[0]:
                 return
             end = _INF
-            writers = self._writers.get(key)
-            if writers:
-                for p, event_id in writers[bisect_left(writers, (at, "\U0010ffff")) :]:
-                    if p > at and self._passed[event_id]:
-                        end = p
+            writers = writers_of.get(key)
+            if writers is not None:
+                ids = writers[1]
+                for i in range(bisect_right(writers[0], at), len(ids)):
+                    if passed[ids[i]]:
+                        end = writers[0][i]
                         break
-            for item in readers[bisect_left(readers, (at, "\U0010ffff")) :]:
-                if item[0] > end:
+            reader_pos, reader_ids = readers
+            for i in range(bisect_right(reader_pos, at), len(reader_pos)):
+                p = reader_pos[i]
+                if p > end:
                     break
-                if item[0] > at:
-                    heapq.heappush(agenda, item)
+                heapq.heappush(agenda, (p, reader_ids[i]))
 
         base_changed = list(base_changed)
         for key in base_changed:
             changed_from(key, -_INF)
         for event_id in removed:
-            at = self.pos.pop(event_id)
-            event = self._events.pop(event_id)
-            passed = self._passed.pop(event_id)
-            own_key = event.state_tuple
-            assert own_key is not None
-            _remove_sorted(self._writers[own_key], (at, event_id))
-            for key in compute_auth_keys(event):
-                _remove_sorted(self._readers[key], (at, event_id))
-            if passed:
+            at = pos.pop(event_id)
+            _event, own_key, auth_keys = records.pop(event_id)
+            was_passed = passed.pop(event_id)
+            _remove_sorted(writers_of[own_key], at, event_id)
+            for key in auth_keys:
+                _remove_sorted(readers_of[key], at, event_id)
+            if was_passed:
                 changed_from(own_key, at)
         for event, at in inserted:
             event_id = event.event_id
-            own_key = event.state_tuple
-            assert own_key is not None
-            self.pos[event_id] = at
-            self._events[event_id] = event
-            self._passed[event_id] = False
-            insort(self._writers.setdefault(own_key, []), (at, event_id))
-            for key in compute_auth_keys(event):
-                insort(self._readers.setdefault(key, []), (at, event_id))
+            own_key, auth_keys = _step_keys(event)
+            pos[event_id] = at
+            records[event_id] = (event, own_key, auth_keys)
+            passed[event_id] = False
+            entries = writers_of.get(own_key)
+            if entries is None:
+                entries = writers_of[own_key] = ([], [])
+            _insert_sorted(entries, at, event_id)
+            for key in auth_keys:
+                entries = readers_of.get(key)
+                if entries is None:
+                    entries = readers_of[key] = ([], [])
+                _insert_sorted(entries, at, event_id)
             heapq.heappush(agenda, (at, event_id))
 
         done: set[EventId] = set()
+        value_at = self._value_at
         while agenda:
             at, event_id = heapq.heappop(agenda)
-            if event_id in done or self.pos.get(event_id) != at:
+            if event_id in done or pos.get(event_id) != at:
                 continue
             done.add(event_id)
-            event = self._events[event_id]
-            now = self._check(event, partial(self._value_before, at))
-            if now is not self._passed[event_id]:
-                self._passed[event_id] = now
-                own_key = event.state_tuple
-                assert own_key is not None
+            event, own_key, auth_keys = records[event_id]
+            # The values the check reads, at its position.
+            state: dict[StateKey, EventId] = {}
+            for key in auth_keys:
+                value = value_at(key, at)
+                if value is not None:
+                    state[key] = value
+            now = self._check(event, state.get)
+            if now is not passed[event_id]:
+                passed[event_id] = now
                 changed_from(own_key, at)
         # Only keys whose final value changed (or whose base did) are news for the caller.
         changed = set(base_changed)
         finals = self._finals
         for key in touched:
-            if key in self._writers:
-                value = self.final(key)
+            if key in writers_of:
+                value = value_at(key, _INF)
                 if finals.get(key, _UNSET) != value:
                     finals[key] = value
                     changed.add(key)
@@ -209,10 +247,25 @@ def no_base(_key: StateKey) -> None:
     return None
 
 
-def _remove_sorted(entries: list[tuple[float, EventId]], entry: tuple[float, EventId]) -> None:
-    i = bisect_left(entries, entry)
-    assert entries[i] == entry
-    del entries[i]
+def _step_keys(event: Pdu) -> tuple[StateKey, tuple[StateKey, ...]]:
+    own_key = event.state_tuple
+    assert own_key is not None
+    return own_key, tuple(compute_auth_keys(event))
+
+
+def _insert_sorted(entries: _Entries, at: float, event_id: EventId) -> None:
+    positions, ids = entries
+    i = bisect_left(positions, at)
+    positions.insert(i, at)
+    ids.insert(i, event_id)
+
+
+def _remove_sorted(entries: _Entries, at: float, event_id: EventId) -> None:
+    positions, ids = entries
+    i = bisect_left(positions, at)
+    assert ids[i] == event_id
+    del positions[i]
+    del ids[i]
 
 
 __all__ = ["AuthCheckFold", "BaseLookup", "no_base"]

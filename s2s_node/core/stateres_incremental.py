@@ -37,8 +37,9 @@ recomputed from scratch, the same way; so is the first call.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
@@ -85,6 +86,23 @@ class _Changes:
     extra_keys: set[StateKey]
 
 
+_V = TypeVar("_V")
+
+
+class _Memo(dict[EventId, _V]):
+    """A per-event cache that asks `load` on a miss (`__getitem__` is the cached lookup)."""
+
+    __slots__ = ("_load",)
+
+    def __init__(self, load: Callable[[EventId], _V]) -> None:
+        super().__init__()
+        self._load = load
+
+    def __missing__(self, event_id: EventId) -> _V:
+        value = self[event_id] = self._load(event_id)
+        return value
+
+
 def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId]) -> list[StateKey]:
     if old is new:
         return []
@@ -110,22 +128,15 @@ class IncrementalResolver:
     ) -> None:
         self._rules = rules
         self._index = index
-        # An event's admission never changes once made (the event being added is accepted).
-        self._rejected: dict[EventId, bool] = {}
-
-        def is_rejected_cached(event_id: EventId) -> bool:
-            rejected = self._rejected
-            found = rejected.get(event_id)
-            if found is None:
-                found = rejected[event_id] = is_rejected(event_id)
-            return found
-
-        self._is_rejected = is_rejected_cached
-        self._get_event: GetEvent = self._fetch
+        # Per-event facts (events never change, nor does an event's admission once made: the
+        # event being added is accepted): looked up through the caller on a miss.
+        self._rejected: _Memo[bool] = _Memo(is_rejected)
+        self._is_rejected: IsRejected = self._rejected.__getitem__
+        self._pdus: _Memo[Pdu] = _Memo(self._fetch_from_caller)
+        self._get_event: GetEvent = self._pdus.__getitem__
+        self._fetch = self._get_event
         self._caller_get_event: GetEvent | None = None
         self._valid = False
-        # Per-event facts (events never change).
-        self._pdus: dict[EventId, Pdu] = {}
         self._power_key_of: dict[EventId, tuple[int, int, str]] = {}
         self.rebuilds = 0
         self.updates = 0
@@ -137,12 +148,9 @@ class IncrementalResolver:
 
     # -- per-event facts
 
-    def _fetch(self, event_id: EventId) -> Pdu:
-        event = self._pdus.get(event_id)
-        if event is None:
-            assert self._caller_get_event is not None
-            event = self._pdus[event_id] = self._caller_get_event(event_id)
-        return event
+    def _fetch_from_caller(self, event_id: EventId) -> Pdu:
+        assert self._caller_get_event is not None
+        return self._caller_get_event(event_id)
 
     def _power_key(self, event: Pdu) -> tuple[int, int, str]:
         key = self._power_key_of.get(event.event_id)
@@ -231,8 +239,8 @@ class IncrementalResolver:
         index = self._index
         # The per-event caches only grow between rebuilds: start them again, so that a graph
         # that lives long keeps only what its current forks need.
-        self._pdus = {}
-        self._rejected = {}
+        self._pdus.clear()
+        self._rejected.clear()
         self._power_key_of = {}
         self._sets = list(state_sets)
         plain = [dict(s) for s in state_sets]
