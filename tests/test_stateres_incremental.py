@@ -191,3 +191,34 @@ def test_no_input_or_one_input_resolves_to_itself_and_keeps_the_previous_work() 
     one = graph.current_state()
     assert dict(resolver.resolve([one], graph.get_event)) == dict(one)
     assert resolver.rebuilds == resolver.updates == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    initial=st.lists(st.integers(0, 9), max_size=12),
+    operations=st.lists(
+        st.tuples(
+            st.sampled_from(["insert", "delete", "find"]), st.integers(0, 40), st.integers(0, 9)
+        ),
+        max_size=60,
+    ),
+)
+def test_blocked_keys_find_the_first_larger_key_as_a_scan_of_the_list_does(
+    initial: list[int], operations: list[tuple[str, int, int]]
+) -> None:
+    """The power ordering's key blocks (split at 4 keys here) answer as a plain list would."""
+    model = [(value, 0, "") for value in initial]
+    blocked = stateres_ordering.BlockedKeys(list(model), size=2)
+    for operation, where, value in operations:
+        i = where % (len(model) + 1)
+        key = (value, 0, "")
+        if operation == "insert":
+            model.insert(i, key)
+            blocked.insert(i, key)
+        elif operation == "delete" and model:
+            j = where % len(model)
+            del model[j]
+            blocked.delete(j)
+            i = min(i, len(model))
+        want = next((j for j in range(i, len(model)) if key < model[j]), None)
+        assert blocked.first_larger(i, key) == want

@@ -111,6 +111,24 @@ def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId])
     return [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
 
 
+def _positions_of(mask: int) -> list[int]:
+    """`AuthChainIndex.positions_of` for a mask with few bits (an update's usual change),
+    without writing out the whole mask."""
+    positions: list[int] = []
+    while mask:
+        low = mask & -mask
+        positions.append(low.bit_length() - 1)
+        mask ^= low
+    return positions
+
+
+def _ids_of(index: AuthChainIndex, mask: int) -> list[EventId]:
+    if mask.bit_count() > 16:
+        return index.ids_of(mask)
+    id_at = index.id_at
+    return [id_at(p) for p in _positions_of(mask)]
+
+
 def _without(snapshot: StateSnapshot, key: StateKey) -> StateSnapshot:
     return StateSnapshot({k: v for k, v in snapshot.items() if k != key})
 
@@ -138,6 +156,11 @@ class IncrementalResolver:
         self._caller_get_event: GetEvent | None = None
         self._valid = False
         self._power_key_of: dict[EventId, tuple[int, int, str]] = {}
+        # During a move in the power ordering: the steps to take out of fold 1, its base
+        # changes and the keys an early update (before a renumbering) touched.
+        self._fold1_leaving: set[EventId] = set()
+        self._fold1_base_changed: list[StateKey] = []
+        self._fold1_touched: set[StateKey] = set()
         self.rebuilds = 0
         self.updates = 0
 
@@ -288,6 +311,7 @@ class IncrementalResolver:
         order = self._sorted_power_order()
         positions = [float(i) for i in range(len(order))]
         base1 = no_base if self._rules.state_res_starts_empty else self._unconflicted.get
+        self._fold1_leaving = set()
         self._fold1 = AuthCheckFold(base1, self._get_event, self._is_rejected)
         events = self._events
         self._fold1.build(zip((events[e] for e in order), positions, strict=True))
@@ -295,7 +319,18 @@ class IncrementalResolver:
         self._rebuild_mainline()
 
     def _new_power_ordering(self, order: list[EventId], positions: list[float]) -> PowerOrdering:
-        return PowerOrdering(order, positions, self._events, self._power_key, self._fold1.remap)
+        return PowerOrdering(order, positions, self._events, self._power_key, self._remap_fold1)
+
+    def _remap_fold1(self, new_positions: Mapping[EventId, float]) -> None:
+        """Follow the power ordering's new positions; steps taken out of it and not yet out
+        of the fold (`_fold1_leaving`) leave it first, so that only ordered steps move."""
+        if self._fold1_leaving:
+            leaving, self._fold1_leaving = self._fold1_leaving, set()
+            self._fold1_touched |= self._fold1.update(
+                removed=leaving, base_changed=self._fold1_base_changed
+            )
+            self._fold1_base_changed = []
+        self._fold1.remap(new_positions)
 
     def _sorted_power_order(self) -> list[EventId]:
         """Step 1 from scratch: the power events of the full conflicted set and their
@@ -460,8 +495,8 @@ class IncrementalResolver:
         # The full conflicted set and what entered or left it.
         old_full = self._full
         self._full = self._compute_full_mask()
-        entered = index.ids_of(self._full & ~old_full)  # parents first
-        left = index.ids_of(old_full & ~self._full)
+        entered = _ids_of(index, self._full & ~old_full)  # parents first
+        left = _ids_of(index, old_full & ~self._full)
         for event_id in entered:
             self._events[event_id] = self._fetch(event_id)
 
@@ -490,13 +525,18 @@ class IncrementalResolver:
             i = bisect_left(keys, self._mainline_key(self._fetch(event_id)))
             del keys[i]
             del positions[i]
-        # Removed steps leave the fold first, so that renumbering (below) only meets steps
-        # that are in the ordering.
-        if removed2:
-            touched |= self._fold2.update(removed=removed2, base_changed=list(touched))
-            base2_changed: list[StateKey] = []
-        else:
-            base2_changed = list(touched)
+        # The fold moves its removed steps in one update with the arriving ones, unless the
+        # ordering is renumbered in between: they leave it first then, so that renumbering
+        # only meets steps that are in the ordering.
+        base2_changed = list(touched)
+
+        def flush_removed() -> None:
+            nonlocal base2_changed
+            if removed2:
+                touched.update(self._fold2.update(removed=removed2, base_changed=base2_changed))
+                removed2.clear()
+                base2_changed = []
+
         power_nodes = self._power.nodes
         arriving = [e for e in entered if e not in power_nodes]
         arriving += [e for e in no_longer_power if e in self._events]
@@ -509,6 +549,7 @@ class IncrementalResolver:
                 positions[i] if i < len(positions) else None,
             )
             if at is None:
+                flush_removed()
                 self._renumber_mainline()
                 at = between(positions[i - 1], positions[i])
                 assert at is not None
@@ -516,11 +557,14 @@ class IncrementalResolver:
             positions.insert(i, at)
             is_crowded = is_crowded or crowded(positions, i)
         if is_crowded:
+            flush_removed()
             self._renumber_mainline()
         inserted2 = [
             (self._events[EventId(k[2])], positions[bisect_left(keys, k)]) for k in arriving_keys
         ]
-        touched |= self._fold2.update(inserted=inserted2, base_changed=base2_changed)
+        touched |= self._fold2.update(
+            removed=removed2, inserted=inserted2, base_changed=base2_changed
+        )
         touched.update(unconflicted_changed)
 
         # Step 5, as a change of the previous result.
@@ -560,7 +604,10 @@ class IncrementalResolver:
             ancestors = self._ancestors_of(self._conflicted)
         self._ancestors = ancestors
         conflicted = self._conflicted_mask
-        affected = set(index.positions_of(ancestors ^ old_ancestors))
+        changed = ancestors ^ old_ancestors
+        affected = set(
+            index.positions_of(changed) if changed.bit_count() > 16 else _positions_of(changed)
+        )
         for event_id in added | removed:
             p = index.position(event_id)
             affected.add(p)
@@ -624,16 +671,24 @@ class IncrementalResolver:
             return self._reorder_power(base_changed)
         for event_id in leaving | moving:
             power.detach(self._fetch(event_id))
-        # Taken-out steps leave the fold first, so that renumbering (in `place`) only meets
-        # steps that are in the ordering.
-        touched = self._fold1.update(removed=leaving | moving, base_changed=base_changed)
+        # The fold moves its taken-out steps in one update with the placed ones, unless the
+        # ordering is renumbered in between (`_remap_fold1` takes them out first then).
+        self._fold1_leaving = leaving | moving
+        self._fold1_base_changed = base_changed
+        self._fold1_touched = set()
         placing = sorted(joining | moving, key=self._index.position)
         for event_id in placing:
             event = events[event_id]
             power.place(event, self._power_key(event), joins=event_id in joining)
         if power.crowded:
             power.renumber()
-        touched |= self._fold1.update(inserted=[(events[e], power.pos[e]) for e in placing])
+        touched = self._fold1_touched
+        touched |= self._fold1.update(
+            removed=self._fold1_leaving,
+            inserted=[(events[e], power.pos[e]) for e in placing],
+            base_changed=self._fold1_base_changed,
+        )
+        self._fold1_leaving = set()
         power.prune_refs()
         return touched, sorted(joining - leaving), sorted(leaving - joining)
 
