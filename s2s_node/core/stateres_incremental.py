@@ -129,6 +129,11 @@ def _ids_of(index: AuthChainIndex, mask: int) -> list[EventId]:
     return [id_at(p) for p in _positions_of(mask)]
 
 
+def _plain(state: Mapping[StateKey, EventId]) -> dict[StateKey, EventId]:
+    """A state map as a plain dict (a snapshot's in C, not key by key)."""
+    return state.to_dict() if isinstance(state, StateSnapshot) else dict(state)
+
+
 def _without(snapshot: StateSnapshot, key: StateKey) -> StateSnapshot:
     return StateSnapshot({k: v for k, v in snapshot.items() if k != key})
 
@@ -153,6 +158,8 @@ class IncrementalResolver:
         self._pdus: _Memo[Pdu] = _Memo(self._fetch_from_caller)
         self._get_event: GetEvent = self._pdus.__getitem__
         self._fetch = self._get_event
+        self._power_events: _Memo[bool] = _Memo(lambda e: is_power_event(self._fetch(e)))
+        self._is_power = self._power_events.__getitem__
         self._caller_get_event: GetEvent | None = None
         self._valid = False
         self._power_key_of: dict[EventId, tuple[int, int, str]] = {}
@@ -264,9 +271,10 @@ class IncrementalResolver:
         # that lives long keeps only what its current forks need.
         self._pdus.clear()
         self._rejected.clear()
+        self._power_events.clear()
         self._power_key_of = {}
         self._sets = list(state_sets)
-        plain = [dict(s) for s in state_sets]
+        plain = [_plain(s) for s in state_sets]
         unconflicted, conflicted = split_state(plain)
         self._unconflicted = unconflicted
         self._conflicted_values: dict[StateKey, frozenset[EventId]] = {}
@@ -336,7 +344,8 @@ class IncrementalResolver:
         """Step 1 from scratch: the power events of the full conflicted set and their
         ancestors in it, by reverse topological power ordering."""
         events = self._events
-        graph = compute_power_graph((e for e in events.values() if is_power_event(e)), events)
+        is_power = self._is_power
+        graph = compute_power_graph((e for e in events.values() if is_power(e.event_id)), events)
         return compute_lexicographic_topological_order(
             graph, lambda event_id: self._power_key(events[event_id])
         )
@@ -475,7 +484,7 @@ class IncrementalResolver:
         for i, per_set in enumerate(changes.per_set):
             found = changes.partner[i]
             if found is None:
-                self._closures.append(index.closure_mask(state_sets[i].values()))
+                self._closures.append(index.closure_mask(_plain(state_sets[i]).values()))
                 continue
             closure = old_closures[found]
             exact = True
@@ -487,7 +496,9 @@ class IncrementalResolver:
                     new is not None and index.chain_mask(new) >> index.position(old) & 1
                 ):
                     exact = False
-            self._closures.append(closure if exact else index.closure_mask(state_sets[i].values()))
+            self._closures.append(
+                closure if exact else index.closure_mask(_plain(state_sets[i]).values())
+            )
 
         if self._rules.state_res_conflicted_subgraph and (added or removed):
             self._update_subgraph(added, removed)
@@ -652,11 +663,11 @@ class IncrementalResolver:
                     auth_id in nodes
                     and auth_id not in leaving
                     and refs[auth_id] <= 0
-                    and not is_power_event(self._fetch(auth_id))
+                    and not self._is_power(auth_id)
                 ):
                     pending.append(auth_id)
         joining: set[EventId] = set()
-        pending = [e for e in entered if is_power_event(events[e]) or refs[e] > 0]
+        pending = [e for e in entered if self._is_power(e) or refs[e] > 0]
         while pending:
             event_id = pending.pop()
             if event_id in joining or (event_id in nodes and event_id not in leaving):
