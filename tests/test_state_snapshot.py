@@ -69,6 +69,16 @@ def test_changed_keys_of_snapshots_that_share_a_base_look_at_their_overlays() ->
     assert sorted(one.changed_keys(two)) == [("t", "a"), ("t", "c")]
 
 
+def test_an_overlay_given_to_the_constructor_keeps_only_what_differs_from_the_base() -> None:
+    base = {("t", "a"): EventId("$1"), ("t", "b"): EventId("$2")}
+    same_and_new = {("t", "a"): EventId("$1"), ("t", "c"): EventId("$3")}
+    snapshot = StateSnapshot(base, same_and_new)
+    assert snapshot._overlay == {("t", "c"): EventId("$3")}
+    other = StateSnapshot(base, {("t", "b"): EventId("$2")})
+    assert snapshot.changed_keys(other) == [("t", "c")]
+    assert len(snapshot) == 3 and len(other) == 2
+
+
 def test_snapshots_made_from_one_another_share_their_base_until_it_is_rebuilt() -> None:
     key = ("m.room.topic", "")
     first = StateSnapshot({key: EventId("$a")})

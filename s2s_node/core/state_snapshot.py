@@ -38,6 +38,9 @@ class StateSnapshot(Mapping[StateKey, EventId]):
         length: int | None = None,
     ) -> None:
         self._base: dict[StateKey, EventId] = {} if base is None else base
+        if overlay and any(self._base.get(k) == v for k, v in overlay.items()):
+            # Canonical: the overlay holds exactly the keys whose event differs from the base.
+            overlay = {k: v for k, v in overlay.items() if self._base.get(k) != v}
         self._overlay: dict[StateKey, EventId] = {} if overlay is None else overlay
         if length is None:
             length = len(self._base) + sum(1 for k in self._overlay if k not in self._base)
@@ -83,12 +86,9 @@ class StateSnapshot(Mapping[StateKey, EventId]):
         if self is other:
             return []
         if self._base is other._base:
-            get, other_get = self.get, other.get
-            return [
-                key
-                for key in self._overlay.keys() | other._overlay.keys()
-                if get(key) != other_get(key)
-            ]
+            # Each overlay holds exactly the keys whose event differs from the shared base, so
+            # the maps differ exactly at the keys of the overlays' differing items.
+            return list({key for key, _ in self._overlay.items() ^ other._overlay.items()})
         return list({key for key, _ in self.to_dict().items() ^ other.to_dict().items()})
 
     def to_dict(self) -> dict[StateKey, EventId]:
