@@ -29,6 +29,8 @@ from s2s_node.core.ingest import (
     Outcome,
     Verdict,
     VerdictReason,
+    _check_received,
+    _Checked,
     ingest_batch,
     ingest_create_event,
     ingest_pdu,
@@ -395,6 +397,15 @@ def test_verdicts_made_without_init_equal_verdicts_made_with_it(room: RoomFixtur
         ingest(room, forged(room.message(ALICE, "z"))),  # dropped
     ]
     assert {v.outcome for v in verdicts} >= {Outcome.ACCEPTED, Outcome.REJECTED, Outcome.DROPPED}
+    # The same for what passed steps 1-3 (kept, or redacted on a content-hash mismatch).
+    for obj, redacted in (
+        (room.message(ALICE, "c").json, False),
+        (tampered(room.message(ALICE, "d")), True),
+    ):
+        checked = _check_received(obj, room.graph, derived_keys, False)
+        assert isinstance(checked, _Checked)
+        assert checked.redacted is redacted
+        assert _Checked(pdu=checked.pdu, redacted=checked.redacted) == checked
     for verdict in verdicts:
         rebuilt = Verdict(**{f.name: getattr(verdict, f.name) for f in dataclasses.fields(Verdict)})
         assert rebuilt == verdict

@@ -36,6 +36,7 @@ from s2s_node.core.signing import (
     compute_reference_hash,
     derived_keys,
     encode_content_hash_bytes,
+    encode_signing_and_content_hash_bytes,
     encode_signing_bytes,
     is_content_hash_valid,
     redact,
@@ -635,3 +636,103 @@ def test_check_event_reports_the_exact_size(event: dict[str, Any], unsigned: Any
     assert checked.hash_ok
     # The size is a measurement, not part of the verdict.
     assert dataclasses.replace(checked, size=None) == checked
+
+
+# ----------------------------------------------------------------------------------------------
+# Both encodings of the receive path from one
+
+
+# Members that look like the ones whose offsets the content-hash form is cut at.
+confusing_members = st.fixed_dictionaries(
+    {},
+    optional={
+        "depth": st.integers(0, 99) | json_values,
+        "hashes": st.fixed_dictionaries({"sha256": odd_text}) | json_values,
+        "content": json_values,
+        "auth_events": json_values,
+    },
+)
+decoy_contents = st.fixed_dictionaries(
+    {},
+    optional={
+        "creator": st.just('x","depth":1,"hashes":{"sha256":"abc"}'),
+        "events": confusing_members,
+        "users": confusing_members,
+        "body": confusing_members,
+        "membership": odd_text,
+        "third_party_invite": st.just({"signed": {"depth": 1}}),
+    },
+)
+
+
+@st.composite
+def received_events(draw: st.DrawFn) -> dict[str, Any]:
+    """Events shaped as received ones (mostly: the one-encoding path), with members chosen to
+    mislead a cut at wrong offsets."""
+    event = draw(events())
+    for key in TOP_LEVEL_EXTRAS:
+        if draw(st.integers(0, 9)) > 0:  # usually none: those take the two-encoding path
+            event.pop(key, None)
+    event["content"] = draw(decoy_contents | contents)
+    event["hashes"] = {"sha256": draw(odd_text | st.just("A" * 43))}
+    event["auth_events"] = draw(st.lists(st.just("$" + "a" * 43) | odd_text, max_size=3))
+    event["signatures"] = {"domain": {KEY_ID: "sig"}}
+    if draw(st.booleans()):
+        event["depth"] = draw(safe_ints)
+    if draw(st.integers(0, 4)) == 0:  # sometimes a member off the usual shape
+        key = draw(st.sampled_from(["depth", "hashes", "auth_events", "content"]))
+        if draw(st.booleans()):
+            del event[key]
+        else:
+            event[key] = draw(confusing_members | json_values)
+    return event
+
+
+@settings(max_examples=400)
+@given(event=received_events())
+def test_signing_and_content_hash_bytes_match_the_two_encodings(event: dict[str, Any]) -> None:
+    for rules in ALL_RULES:
+        assert encode_signing_and_content_hash_bytes(event, rules) == (
+            encode_signing_bytes(event, rules),
+            encode_content_hash_bytes(event),
+        )
+
+
+def test_signing_and_content_hash_bytes_of_decoys_and_real_events() -> None:
+    sha = "Ab+/" * 10 + "Ab0"
+    base = {
+        "auth_events": ["$" + "a" * 43],
+        "depth": 12,
+        "hashes": {"sha256": sha},
+        "origin_server_ts": 5,
+        "prev_events": ["$" + "b" * 43],
+        "room_id": "!r:domain",
+        "sender": "@a:domain",
+        "signatures": {"domain": {KEY_ID: "sig"}},
+        "unsigned": {"age": 1},
+    }
+    decoy = f',"depth":12,"hashes":{{"sha256":"{sha}"}}'
+    contents: list[Any] = [
+        {"membership": "join", "displayname": decoy},  # in a string: escaped
+        {"events": {"depth": 12, "hashes": {"sha256": sha}}, "users": {}},  # kept, nested
+        {"creator": "@a:domain", "depth": 12, "hashes": {"sha256": sha}},  # v11 keeps all
+        {"membership": "join", "third_party_invite": {"signed": {"depth": 12}, "x": 1}},
+        {},
+    ]
+    for event_type in ("m.room.member", "m.room.power_levels", "m.room.create", "m.room.message"):
+        for content in contents:
+            event = {**base, "type": event_type, "state_key": "", "content": content}
+            for rules in ALL_RULES:
+                assert encode_signing_and_content_hash_bytes(event, rules) == (
+                    encode_signing_bytes(event, rules),
+                    encode_content_hash_bytes(event),
+                )
+    # Signed events of every version.
+    for rules in ALL_RULES:
+        for content in contents:
+            signed = add_hashes_and_signature(
+                {**base, "type": "m.room.member", "content": content}, rules, "domain", SPEC_KEY
+            )
+            message, hashed = encode_signing_and_content_hash_bytes(signed, rules)
+            assert message == encode_signing_bytes(signed, rules)
+            assert is_content_hash_valid(signed, content_hash_bytes=hashed)

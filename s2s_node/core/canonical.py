@@ -114,6 +114,34 @@ def check_canonical_value_bound(value: object, *, max_depth: int = MAX_JSON_DEPT
     return _bound(value, max_depth)
 
 
+def check_canonical_members_bound(
+    obj: dict[Any, Any], checked: frozenset[str], *, max_depth: int = MAX_JSON_DEPTH
+) -> int:
+    """`check_canonical_value_bound(obj)` but for the values of the members named in `checked`,
+    which the caller has checked already and whose bounds it adds itself.
+
+    The keys (all of them) and every other value are checked as `check_canonical_value`
+    does; the bound covers the braces, the keys and their punctuation, and those values.
+    """
+    if max_depth <= 0:
+        raise CanonicalJsonError(CanonicalJsonReason.TOO_DEEP, "value nests too deeply")
+    size = _bound_keys(obj)
+    depth_left = max_depth - 1
+    for key, item in obj.items():
+        if key in checked:
+            continue
+        kind = type(item)
+        if kind is dict:
+            size += _bound_dict(item, depth_left)
+        elif kind is str:
+            if not item.isascii():
+                _check_str(item)
+            size += MAX_CHAR_BYTES * len(item) + 2
+        else:
+            size += _bound(item, depth_left)
+    return size
+
+
 # The longest canonical integer, "-9007199254740991".
 MAX_INT_BYTES = 17
 # Bytes one character of a string can take at most: a `\u00XX` escape (UTF-8 needs at most 4).
@@ -172,9 +200,8 @@ def _bound(value: object, depth_left: int) -> int:
 # per character plus quotes (2); an integer MAX_INT_BYTES; an array item its comma (1).
 
 
-def _bound_dict(value: dict[Any, Any], depth_left: int) -> int:
-    if depth_left <= 0:
-        raise CanonicalJsonError(CanonicalJsonReason.TOO_DEEP, "value nests too deeply")
+def _bound_keys(value: dict[Any, Any]) -> int:
+    """Check the keys of an object; the bound of its braces, keys and punctuation."""
     try:
         keys = "".join(value)
     except TypeError:  # a key that is not a string
@@ -184,7 +211,13 @@ def _bound_dict(value: dict[Any, Any], depth_left: int) -> int:
         ) from None
     if not keys.isascii():
         _check_str(keys)
-    size = 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)
+    return 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)
+
+
+def _bound_dict(value: dict[Any, Any], depth_left: int) -> int:
+    if depth_left <= 0:
+        raise CanonicalJsonError(CanonicalJsonReason.TOO_DEEP, "value nests too deeply")
+    size = _bound_keys(value)
     for item in value.values():
         kind = type(item)
         if kind is str:
@@ -257,6 +290,22 @@ def encode_canonical_json_trusted(value: object) -> bytes:
     through the strict decoder.
     """
     return _encode_text(value).encode("utf-8")
+
+
+def encode_canonical_json_trusted_str(value: object) -> str:
+    """`encode_canonical_json_trusted` before the UTF-8 step: the text, for callers that cut
+    and join encodings (`signing.encode_signing_and_content_hash_bytes`)."""
+    return _encode_text(value)
+
+
+def compute_encoded_length(value: object) -> int:
+    """`len(encode_canonical_json_trusted_str(value))` (characters, not bytes), by arithmetic
+    for the objects `compute_encoded_size` measures so (all ASCII: characters are bytes)."""
+    if type(value) is dict:
+        size = _plain_object_size(value, nested=True)
+        if size >= 0:
+            return size
+    return len(_encode_text(value))
 
 
 def compute_encoded_size(value: object) -> int:
@@ -465,10 +514,18 @@ def encode_base64_urlsafe(data: bytes) -> str:
 _URLSAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
+_PADDING = ("", "", "==", "=")  # by length modulo 4 (1 is impossible)
+
+
 def _decode(text: str) -> bytes:
     """Decode standard-alphabet base64 with or without padding."""
     if not isinstance(text, str):
         raise Base64Error("base64 value is not a string")
+    if text[-1:] != "=" and len(text) % 4 != 1:  # unpadded (the usual): no stripping
+        try:
+            return binascii.a2b_base64(text + _PADDING[len(text) % 4], strict_mode=True)
+        except (binascii.Error, ValueError):
+            raise Base64Error(f"{text[:16]!r} is not valid base64") from None
     stripped = text.rstrip("=")
     if len(text) - len(stripped) > 2 or len(stripped) % 4 == 1:
         raise Base64Error(f"{text[:16]!r}... has an impossible length")

@@ -43,7 +43,7 @@ from s2s_node.core.signing import (
     SignatureError,
     check_json_signature,
     compute_event_size,
-    encode_content_hash_bytes,
+    encode_signing_and_content_hash_bytes,
     encode_signing_bytes,
     is_content_hash_valid,
     required_signers,
@@ -217,27 +217,26 @@ def _check_received(
 ) -> _Checked | Verdict:
     """Steps 1-3, the room check, and the duplicate check."""
     rules = graph.rules
-    # The bytes the signatures cover are also those the event ID is the hash of: encode them
-    # once. An object that cannot be encoded is left to step 1 to report.
+    # The bytes the signatures cover are also those the event ID is the hash of, and the bytes
+    # of the content hash (step 3) come from the same encoding: encode once. An object that
+    # cannot be encoded is left to step 1 to report.
     message: bytes | None = None
     event_id: EventId | None = None
-    # With values checked by the decoder: the bytes of the content hash (step 3), which also
-    # give the exact encoded size for step 1.
     hashed: bytes | None = None
+    # With values checked by the decoder: the exact encoded size for step 1, from `hashed`.
     size: int | None = None
     if isinstance(obj, dict):
         try:
-            message = encode_signing_bytes(obj, rules)
+            message, hashed = encode_signing_and_content_hash_bytes(obj, rules)
         except (TypeError, ValueError, RecursionError):
-            pass
+            message = hashed = None
         else:
             event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
-        if values_checked:
-            try:
-                hashed = encode_content_hash_bytes(obj)
-                size = compute_event_size(obj, hashed)
-            except (TypeError, ValueError, RecursionError):
-                hashed = size = None
+            if values_checked:
+                try:
+                    size = compute_event_size(obj, hashed)
+                except (TypeError, ValueError, RecursionError):
+                    size = None
     # Step 1: the format of the graph's room version; otherwise drop.
     try:
         pdu = parse_pdu(
@@ -266,8 +265,8 @@ def _check_received(
         return _dropped(VerdictReason.SIGNATURE, pdu.event_id, str(exc))
     # Step 3: on a content-hash mismatch, go on with the redacted copy.
     if not is_content_hash_valid(pdu.json, content_hash_bytes=hashed):
-        return _Checked(pdu=pdu.redacted(), redacted=True)
-    return _Checked(pdu=pdu, redacted=False)
+        return _new_checked(pdu.redacted(), True)
+    return _new_checked(pdu, False)
 
 
 def _add(checked: _Checked, graph: RoomGraph) -> Verdict:
@@ -328,6 +327,17 @@ def _new_verdict(
     _set_missing(verdict, ())
     _set_detail(verdict, detail)
     return verdict
+
+
+_set_pdu, _set_checked_redacted = (getattr(_Checked, f.name).__set__ for f in fields(_Checked))
+
+
+def _new_checked(pdu: Pdu, redacted: bool) -> _Checked:
+    """`_Checked(pdu=pdu, redacted=redacted)`, as `_new_verdict` (one per received event)."""
+    checked: _Checked = _new_object(_Checked)
+    _set_pdu(checked, pdu)
+    _set_checked_redacted(checked, redacted)
+    return checked
 
 
 def _dropped(reason: VerdictReason, event_id: EventId | None, detail: str) -> Verdict:

@@ -26,12 +26,14 @@ from s2s_node.core.canonical import (
     Base64Error,
     JsonDict,
     check_canonical_value,
+    compute_encoded_length,
     compute_encoded_size,
     decode_base64,
     encode_base64,
     encode_base64_urlsafe,
     encode_canonical_json,
     encode_canonical_json_trusted,
+    encode_canonical_json_trusted_str,
 )
 from s2s_node.core.ids import EventId, ServerName, server_of
 from s2s_node.core.keys import KEY_ID, IdentityError, SigningKey, verify_key_from_identifier
@@ -352,6 +354,92 @@ def encode_signing_bytes(event: Mapping[str, Any], rules: RoomVersionRules) -> b
     redacted.pop("signatures", None)
     redacted.pop("unsigned", None)
     return encode_canonical_json_trusted(redacted)
+
+
+# The top-level keys of an event whose two encodings `encode_signing_and_content_hash_bytes` can
+# take from one: keys redaction keeps (so both forms have the same members but two), without
+# `event_id` (a member of any value between `content` and `hashes`).
+_ONE_ENCODING_KEYS = _TOP_LEVEL_KEPT - {"event_id"} | {"unsigned"}
+_ONE_ENCODING_KEYS_LEGACY = _TOP_LEVEL_KEPT_LEGACY - {"event_id"} | {"unsigned"}
+
+
+def encode_signing_and_content_hash_bytes(
+    event: Mapping[str, Any], rules: RoomVersionRules
+) -> tuple[bytes, bytes]:
+    """`(encode_signing_bytes(event, rules), encode_content_hash_bytes(event))`, mostly from one
+    encoding (the receive path needs both; the second costs a few small encodings).
+
+    Canonical JSON writes an object as its members in key order, each one encoded on its own
+    terms whatever its neighbours. When redaction keeps every top-level key, the two forms have
+    the same members except that the content-hash form has the whole `content` where the signed
+    form has the redacted one, and no `hashes`. In the signed form the only members before
+    `hashes` are `auth_events` (a list of strings: no `"content":` in its encoding, since a
+    string's quotes are escaped), `content` and `depth` (an integer): so the content-hash form
+    is the signed form with the content swapped and the `hashes` member cut, at offsets known
+    from the lengths of those members. Any other event is encoded twice.
+    """
+    if type(event) is dict and "content" in event:
+        cut = _cut_content_hash_form(event, rules)
+        if cut is not None:
+            return cut
+    return encode_signing_bytes(event, rules), encode_content_hash_bytes(event)
+
+
+def _cut_content_hash_form(event: JsonDict, rules: RoomVersionRules) -> tuple[bytes, bytes] | None:
+    """The two forms of `encode_signing_and_content_hash_bytes`; None when not derivable."""
+    keys = (
+        _ONE_ENCODING_KEYS_LEGACY
+        if rules.redaction_keeps_origin_membership_prev_state
+        else _ONE_ENCODING_KEYS
+    )
+    if not keys.issuperset(event) or "depth" not in event or "hashes" not in event:
+        return None
+    content = event["content"]
+    depth = event["depth"]
+    hashes = event["hashes"]
+    if type(content) is not dict or type(depth) is not int or type(hashes) is not dict:
+        return None
+    claimed = hashes.get("sha256")
+    if len(hashes) != 1 or type(claimed) is not str or not _is_plain(claimed):
+        return None
+    auth_events = event.get("auth_events")
+    if auth_events is not None or "auth_events" in event:
+        if type(auth_events) is not list:
+            return None
+        try:
+            "".join(auth_events)
+        except TypeError:  # an item that is not a string
+            return None
+    signed_form = redact(event, rules)
+    signed_form.pop("signatures", None)
+    signed_form.pop("unsigned", None)
+    signed = encode_canonical_json_trusted_str(signed_form)
+    redacted_content = signed_form["content"]
+    # After `{"auth_events":[...],"content":` (the first `"content":`) come the redacted
+    # content, then `,"depth":N,"hashes":{"sha256":"..."}`; the rest is the same in both forms.
+    start = signed.find('"content":') + 10
+    depth_and_hashes = f',"depth":{depth!r},"hashes":{{"sha256":"{claimed}"}}'
+    for value in redacted_content.values():
+        if type(value) is not str:  # (an object in it could hold the same text)
+            end = start + compute_encoded_length(redacted_content)
+            break
+    else:  # text outside the strings of a flat object of strings: only its own keys
+        end = signed.find(depth_and_hashes, start)
+    if start < 10 or not signed.startswith(depth_and_hashes, end):
+        return None  # (never: a guard for the offsets above)
+    if len(redacted_content) == len(content) and "third_party_invite" not in content:
+        content_text = signed[start:end]  # redaction kept every key, values unchanged
+    else:
+        content_text = encode_canonical_json_trusted_str(content)
+    cut_from = end + 9 + len(repr(depth))  # `,"depth":N` stays; `,"hashes":{...}` goes
+    cut_to = end + len(depth_and_hashes)
+    hashed = signed[:start] + content_text + signed[end:cut_from] + signed[cut_to:]
+    return signed.encode("utf-8"), hashed.encode("utf-8")
+
+
+def _is_plain(text: str) -> bool:
+    """True if canonical JSON writes `text` as it is, between quotes."""
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 def compute_reference_hash(event: Mapping[str, Any], rules: RoomVersionRules) -> bytes:
