@@ -133,14 +133,16 @@ def split_state(
     A key is unconflicted if every state set maps it to the same event; otherwise every event
     found under it is conflicted (a key missing from some set is conflicted too, as in Synapse).
     """
-    common = set(state_sets[0].items())
-    every = set(common)
+    # A key whose value is the same in every set: filter the first set by each other one (in
+    # C, no (key, value) pairs hashed). Every value under any other key is conflicted.
+    unconflicted = dict(state_sets[0])
     for state_set in state_sets[1:]:
-        items = state_set.items()
-        common.intersection_update(items)
-        every.update(items)
-    unconflicted = dict(common)
-    conflicted = frozenset(event_id for _key, event_id in every - common)
+        get = state_set.get
+        unconflicted = {k: v for k, v in unconflicted.items() if get(k) == v}
+    found: set[EventId] = set()
+    for state_set in state_sets:
+        found.update(v for k, v in state_set.items() if k not in unconflicted)
+    conflicted = frozenset(found)
     return unconflicted, conflicted
 
 
@@ -381,7 +383,8 @@ def is_allowed_in_partial_state(
 
     Its auth map is, for every key the auth-events selection wants for it, the event the
     partial state holds there unless that one was rejected; the event's own non-rejected auth
-    events (v12: with the implied create event) fill the keys left empty.
+    events (v12: with the implied create event) fill the keys left empty
+    (`compute_own_auth_state`).
     """
     auth_state: dict[StateKey, Pdu] = {}
     incomplete = False
@@ -395,13 +398,28 @@ def is_allowed_in_partial_state(
     # all, the own ones would all be overridden: `check_auth` reads only the keys
     # `compute_auth_keys` names.)
     if incomplete:
-        for auth_id in event.auth_event_ids:
-            if is_rejected(auth_id):
-                continue
-            auth_event = get_event(auth_id)
-            auth_key = auth_event.state_tuple
-            if auth_key is not None and auth_key not in auth_state:
-                auth_state[auth_key] = auth_event
+        auth_state = compute_own_auth_state(event, get_event, is_rejected) | auth_state
+    return is_allowed_by(event, auth_state)
+
+
+def compute_own_auth_state(
+    event: Pdu, get_event: GetEvent, is_rejected: IsRejected
+) -> dict[StateKey, Pdu]:
+    """The event's own non-rejected auth events by (type, state_key): what fills the keys of
+    an iterative auth check's auth map that the partial state leaves empty."""
+    own: dict[StateKey, Pdu] = {}
+    for auth_id in event.auth_event_ids:
+        if is_rejected(auth_id):
+            continue
+        auth_event = get_event(auth_id)
+        auth_key = auth_event.state_tuple
+        if auth_key is not None and auth_key not in own:
+            own[auth_key] = auth_event
+    return own
+
+
+def is_allowed_by(event: Pdu, auth_state: Mapping[StateKey, Pdu]) -> bool:
+    """Whether the state-dependent auth rules allow `event` against a complete auth map."""
     try:
         check_auth(event, auth_state)
     except AuthError:

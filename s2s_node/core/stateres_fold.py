@@ -16,12 +16,12 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from s2s_node.core.auth import StateKey, compute_auth_keys
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
-from s2s_node.core.stateres import is_allowed_in_partial_state
+from s2s_node.core.stateres import compute_own_auth_state, is_allowed_by
 
 GetEvent = Callable[[EventId], Pdu]
 IsRejected = Callable[[EventId], bool]
@@ -30,6 +30,22 @@ _INF = float("inf")
 _UNSET: Any = object()
 # The steps of one key: their positions (ascending) and their event IDs.
 _Entries = tuple[list[float], list[EventId]]
+_V = TypeVar("_V")
+
+
+class Memo(dict[EventId, _V]):
+    """A per-event cache that asks `load` on a miss (`__getitem__` is the cached lookup, in
+    C on a hit)."""
+
+    __slots__ = ("_load",)
+
+    def __init__(self, load: Callable[[EventId], _V]) -> None:
+        super().__init__()
+        self._load = load
+
+    def __missing__(self, event_id: EventId) -> _V:
+        value = self[event_id] = self._load(event_id)
+        return value
 
 
 class AuthCheckFold:
@@ -55,6 +71,13 @@ class AuthCheckFold:
         self.base = base
         self._get_event = get_event
         self._is_rejected = is_rejected
+        # An event ID of the partial state as its auth map holds it: the event, or None if it
+        # was rejected (events and their rejection never change while the fold lives).
+        self._usable: Memo[Pdu | None] = Memo(lambda e: None if is_rejected(e) else get_event(e))
+        # A step's own non-rejected auth events by key (they fill what the state lacks).
+        self._own: Memo[dict[StateKey, Pdu]] = Memo(
+            lambda e: compute_own_auth_state(get_event(e), get_event, is_rejected)
+        )
         self.pos: dict[EventId, float] = {}
         # Per step: the event, the key it sets and the keys its check reads.
         self._steps: dict[EventId, tuple[Pdu, StateKey, tuple[StateKey, ...]]] = {}
@@ -77,14 +100,9 @@ class AuthCheckFold:
         pos = self.pos
         records = self._steps
 
-        if base is no_base:
-            lookup: BaseLookup = state.get
-        else:
-
-            def lookup(key: StateKey) -> EventId | None:
-                found = state.get(key)
-                return base(key) if found is None else found
-
+        has_base = base is not no_base
+        usable = self._usable
+        own = self._own
         for event, at in steps:
             event_id = event.event_id
             own_key, auth_keys = _step_keys(event)
@@ -95,13 +113,29 @@ class AuthCheckFold:
                 entries = writers[own_key] = ([], [])
             entries[0].append(at)
             entries[1].append(event_id)
+            # The check's auth map, with the reads recorded: for each auth key the state's
+            # event unless rejected, the step's own auth events filling the rest (as
+            # `stateres.is_allowed_in_partial_state` builds it).
+            auth_state: dict[StateKey, Pdu] = {}
+            complete = True
             for key in auth_keys:
                 entries = readers.get(key)
                 if entries is None:
                     entries = readers[key] = ([], [])
                 entries[0].append(at)
                 entries[1].append(event_id)
-            ok = passed[event_id] = self._check(event, lookup)
+                state_id = state.get(key)
+                if state_id is None and has_base:
+                    state_id = base(key)
+                if state_id is not None:
+                    auth_event = usable[state_id]
+                    if auth_event is not None:
+                        auth_state[key] = auth_event
+                        continue
+                complete = False
+            if not complete:
+                auth_state = own[event_id] | auth_state
+            ok = passed[event_id] = is_allowed_by(event, auth_state)
             if ok:
                 state[own_key] = event_id
         self._finals = {key: self._value_at(key, _INF) for key in writers}
@@ -210,19 +244,28 @@ class AuthCheckFold:
 
         done: set[EventId] = set()
         value_at = self._value_at
+        usable = self._usable
+        own = self._own
         while agenda:
             at, event_id = heapq.heappop(agenda)
             if event_id in done or pos.get(event_id) != at:
                 continue
             done.add(event_id)
             event, own_key, auth_keys = records[event_id]
-            # The values the check reads, at its position.
-            state: dict[StateKey, EventId] = {}
+            # The check's auth map (as in `build`), from the values at its position.
+            auth_state: dict[StateKey, Pdu] = {}
+            complete = True
             for key in auth_keys:
-                value = value_at(key, at)
-                if value is not None:
-                    state[key] = value
-            now = self._check(event, state.get)
+                state_id = value_at(key, at)
+                if state_id is not None:
+                    auth_event = usable[state_id]
+                    if auth_event is not None:
+                        auth_state[key] = auth_event
+                        continue
+                complete = False
+            if not complete:
+                auth_state = own[event_id] | auth_state
+            now = is_allowed_by(event, auth_state)
             if now is not passed[event_id]:
                 passed[event_id] = now
                 changed_from(own_key, at)
@@ -238,9 +281,6 @@ class AuthCheckFold:
             elif finals.pop(key, _UNSET) is not _UNSET:
                 changed.add(key)
         return changed
-
-    def _check(self, event: Pdu, lookup: BaseLookup) -> bool:
-        return is_allowed_in_partial_state(event, lookup, self._get_event, self._is_rejected)
 
 
 def no_base(_key: StateKey) -> None:

@@ -37,9 +37,8 @@ recomputed from scratch, the same way; so is the first call.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
@@ -61,7 +60,7 @@ from s2s_node.core.stateres import (
     power_levels_auth_event,
     split_state,
 )
-from s2s_node.core.stateres_fold import AuthCheckFold, no_base
+from s2s_node.core.stateres_fold import AuthCheckFold, Memo, no_base
 from s2s_node.core.stateres_ordering import (
     PowerOrdering,
     between,
@@ -84,23 +83,6 @@ class _Changes:
     partner: list[int | None]
     per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]]
     extra_keys: set[StateKey]
-
-
-_V = TypeVar("_V")
-
-
-class _Memo(dict[EventId, _V]):
-    """A per-event cache that asks `load` on a miss (`__getitem__` is the cached lookup)."""
-
-    __slots__ = ("_load",)
-
-    def __init__(self, load: Callable[[EventId], _V]) -> None:
-        super().__init__()
-        self._load = load
-
-    def __missing__(self, event_id: EventId) -> _V:
-        value = self[event_id] = self._load(event_id)
-        return value
 
 
 def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId]) -> list[StateKey]:
@@ -153,12 +135,12 @@ class IncrementalResolver:
         self._index = index
         # Per-event facts (events never change, nor does an event's admission once made: the
         # event being added is accepted): looked up through the caller on a miss.
-        self._rejected: _Memo[bool] = _Memo(is_rejected)
+        self._rejected: Memo[bool] = Memo(is_rejected)
         self._is_rejected: IsRejected = self._rejected.__getitem__
-        self._pdus: _Memo[Pdu] = _Memo(self._fetch_from_caller)
+        self._pdus: Memo[Pdu] = Memo(self._fetch_from_caller)
         self._get_event: GetEvent = self._pdus.__getitem__
         self._fetch = self._get_event
-        self._power_events: _Memo[bool] = _Memo(lambda e: is_power_event(self._fetch(e)))
+        self._power_events: Memo[bool] = Memo(lambda e: is_power_event(self._fetch(e)))
         self._is_power = self._power_events.__getitem__
         self._caller_get_event: GetEvent | None = None
         self._valid = False
