@@ -9,6 +9,7 @@ interleave, merges), plus forks built here to reach the cases the files lack.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -222,3 +223,38 @@ def test_blocked_keys_find_the_first_larger_key_as_a_scan_of_the_list_does(
             i = min(i, len(model))
         want = next((j for j in range(i, len(model)) if key < model[j]), None)
         assert blocked.first_larger(i, key) == want
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(1, 80),
+    spot=st.integers(0, 79),
+    squeezed=st.integers(1, 60),
+    descending=st.booleans(),
+)
+def test_respace_spreads_a_crowded_window_and_keeps_the_order(
+    size: int, spot: int, squeezed: int, descending: bool
+) -> None:
+    """Positions halved into one gap again and again are spread out around it: the window
+    keeps the order, stays strictly between its outer neighbours and leaves the gap roomy;
+    positions outside it do not move."""
+    positions = [float(i) for i in range(size)]
+    i = spot % size
+    for _ in range(squeezed):  # insert again and again next to the same spot
+        low = positions[i - 1] if i > 0 else None
+        at = stateres_ordering.between(low, positions[i])
+        if at is None:
+            break
+        positions.insert(i, at)
+        if not descending:
+            i += 1
+    before = list(positions)
+    lo, hi, low, high = stateres_ordering.respace(positions, i)
+    assert lo <= i < hi
+    assert all(a < b for a, b in pairwise(positions))
+    assert positions[:lo] == before[:lo] and positions[hi:] == before[hi:]
+    assert low == (before[lo - 1] if lo > 0 else None)
+    assert high == (before[hi] if hi < len(before) else None)
+    window = positions[lo:hi]
+    assert all((low is None or low < at) and (high is None or at < high) for at in window)
+    assert not stateres_ordering.crowded(positions, i)

@@ -48,6 +48,20 @@ class Memo(dict[EventId, _V]):
         return value
 
 
+class CheckInputs:
+    """The per-event facts the checks read, memoised (events and their rejection never
+    change while they live): `auth_event[id]` is the event as an auth map holds it (None if
+    rejected), `own_auth_state[id]` a step's own non-rejected auth events by key."""
+
+    __slots__ = ("auth_event", "own_auth_state")
+
+    def __init__(self, get_event: GetEvent, is_rejected: IsRejected) -> None:
+        self.auth_event: Memo[Pdu | None] = Memo(lambda e: None if is_rejected(e) else get_event(e))
+        self.own_auth_state: Memo[dict[StateKey, Pdu]] = Memo(
+            lambda e: compute_own_auth_state(get_event(e), get_event, is_rejected)
+        )
+
+
 class AuthCheckFold:
     """Iterative auth checks (digest 6.2) over an ordered list of events, kept up to date.
 
@@ -62,22 +76,10 @@ class AuthCheckFold:
     over floats and a short walk back to the last writer that passed.
     """
 
-    def __init__(
-        self,
-        base: BaseLookup,
-        get_event: GetEvent,
-        is_rejected: IsRejected,
-    ) -> None:
+    def __init__(self, base: BaseLookup, inputs: CheckInputs) -> None:
         self.base = base
-        self._get_event = get_event
-        self._is_rejected = is_rejected
-        # An event ID of the partial state as its auth map holds it: the event, or None if it
-        # was rejected (events and their rejection never change while the fold lives).
-        self._usable: Memo[Pdu | None] = Memo(lambda e: None if is_rejected(e) else get_event(e))
-        # A step's own non-rejected auth events by key (they fill what the state lacks).
-        self._own: Memo[dict[StateKey, Pdu]] = Memo(
-            lambda e: compute_own_auth_state(get_event(e), get_event, is_rejected)
-        )
+        self._usable = inputs.auth_event
+        self._own = inputs.own_auth_state
         self.pos: dict[EventId, float] = {}
         # Per step: the event, the key it sets and the keys its check reads.
         self._steps: dict[EventId, tuple[Pdu, StateKey, tuple[StateKey, ...]]] = {}
@@ -92,20 +94,17 @@ class AuthCheckFold:
         """Fill an empty fold with steps in ascending position and run them once, in order
         (what `update(inserted=...)` would do, without its bookkeeping)."""
         assert not self.pos
-        state: dict[StateKey, EventId] = {}
         base = self.base
         writers = self._writers
         readers = self._readers
-        passed = self._passed
         pos = self.pos
         records = self._steps
 
-        has_base = base is not no_base
-        usable = self._usable
-        own = self._own
+        order: list[EventId] = []
         for event, at in steps:
             event_id = event.event_id
             own_key, auth_keys = _step_keys(event)
+            order.append(event_id)
             pos[event_id] = at
             records[event_id] = (event, own_key, auth_keys)
             entries = writers.get(own_key)
@@ -113,17 +112,34 @@ class AuthCheckFold:
                 entries = writers[own_key] = ([], [])
             entries[0].append(at)
             entries[1].append(event_id)
-            # The check's auth map, with the reads recorded: for each auth key the state's
-            # event unless rejected, the step's own auth events filling the rest (as
-            # `stateres.is_allowed_in_partial_state` builds it).
-            auth_state: dict[StateKey, Pdu] = {}
-            complete = True
             for key in auth_keys:
                 entries = readers.get(key)
                 if entries is None:
                     entries = readers[key] = ([], [])
                 entries[0].append(at)
                 entries[1].append(event_id)
+        state = self._run_in_order(order)
+        self._finals = {key: state.get(key) or base(key) for key in writers}
+
+    def _run_in_order(self, order: Iterable[EventId]) -> dict[StateKey, EventId]:
+        """Check every step, `order` being all of them in ascending position, as
+        `stateres._iterative_auth_checks` does (the partial state a dict over the base);
+        returns what the steps that passed set."""
+        state: dict[StateKey, EventId] = {}
+        base = self.base
+        has_base = base is not no_base
+        records = self._steps
+        passed = self._passed
+        usable = self._usable
+        own = self._own
+        for event_id in order:
+            event, own_key, auth_keys = records[event_id]
+            # The check's auth map: for each auth key the state's event unless rejected, the
+            # step's own auth events filling the rest (as
+            # `stateres.is_allowed_in_partial_state` builds it).
+            auth_state: dict[StateKey, Pdu] = {}
+            complete = True
+            for key in auth_keys:
                 state_id = state.get(key)
                 if state_id is None and has_base:
                     state_id = base(key)
@@ -135,10 +151,12 @@ class AuthCheckFold:
                 complete = False
             if not complete:
                 auth_state = own[event_id] | auth_state
-            ok = passed[event_id] = is_allowed_by(event, auth_state)
-            if ok:
+            if is_allowed_by(event, auth_state):
+                passed[event_id] = True
                 state[own_key] = event_id
-        self._finals = {key: self._value_at(key, _INF) for key in writers}
+            else:
+                passed[event_id] = False
+        return state
 
     def _value_at(self, key: StateKey, at: float) -> EventId | None:
         entries = self._writers.get(key)
@@ -168,6 +186,32 @@ class AuthCheckFold:
         for table in (self._writers, self._readers):
             for entries in table.values():
                 entries[0][:] = [new_positions[event_id] for event_id in entries[1]]
+
+    def respace(
+        self, low: float | None, high: float | None, new_positions: Mapping[EventId, float]
+    ) -> None:
+        """Move the steps strictly between positions `low` and `high` (None: no bound), all
+        of which `new_positions` holds, to their new positions there, in the same order
+        (it may hold events that are not steps)."""
+        pos = self.pos
+        records = self._steps
+        keys: set[StateKey] = set()
+        for event_id, at in new_positions.items():
+            if event_id in pos:
+                pos[event_id] = at
+                _event, own_key, auth_keys = records[event_id]
+                keys.add(own_key)
+                keys.update(auth_keys)
+        for table in (self._writers, self._readers):
+            for key in keys:
+                entries = table.get(key)
+                if entries is None:
+                    continue
+                positions, ids = entries
+                # The key's steps in the window are a slice (the others are outside it).
+                start = 0 if low is None else bisect_right(positions, low)
+                end = len(positions) if high is None else bisect_left(positions, high)
+                positions[start:end] = [new_positions[e] for e in ids[start:end]]
 
     def written_keys(self) -> Iterable[StateKey]:
         return self._writers.keys()
@@ -308,4 +352,4 @@ def _remove_sorted(entries: _Entries, at: float, event_id: EventId) -> None:
     del ids[i]
 
 
-__all__ = ["AuthCheckFold", "BaseLookup", "no_base"]
+__all__ = ["AuthCheckFold", "BaseLookup", "CheckInputs", "Memo", "no_base"]

@@ -60,12 +60,13 @@ from s2s_node.core.stateres import (
     power_levels_auth_event,
     split_state,
 )
-from s2s_node.core.stateres_fold import AuthCheckFold, Memo, no_base
+from s2s_node.core.stateres_fold import AuthCheckFold, CheckInputs, Memo, no_base
 from s2s_node.core.stateres_ordering import (
     PowerOrdering,
     between,
     crowded,
     longest_increasing_run,
+    respace,
     spread_positions,
 )
 
@@ -255,6 +256,7 @@ class IncrementalResolver:
         self._rejected.clear()
         self._power_events.clear()
         self._power_key_of = {}
+        self._check_inputs = CheckInputs(self._get_event, self._is_rejected)
         self._sets = list(state_sets)
         plain = [_plain(s) for s in state_sets]
         unconflicted, conflicted = split_state(plain)
@@ -302,7 +304,7 @@ class IncrementalResolver:
         positions = [float(i) for i in range(len(order))]
         base1 = no_base if self._rules.state_res_starts_empty else self._unconflicted.get
         self._fold1_leaving = set()
-        self._fold1 = AuthCheckFold(base1, self._get_event, self._is_rejected)
+        self._fold1 = AuthCheckFold(base1, self._check_inputs)
         events = self._events
         self._fold1.build(zip((events[e] for e in order), positions, strict=True))
         self._power = self._new_power_ordering(order, positions)
@@ -311,16 +313,22 @@ class IncrementalResolver:
     def _new_power_ordering(self, order: list[EventId], positions: list[float]) -> PowerOrdering:
         return PowerOrdering(order, positions, self._events, self._power_key, self._remap_fold1)
 
-    def _remap_fold1(self, new_positions: Mapping[EventId, float]) -> None:
-        """Follow the power ordering's new positions; steps taken out of it and not yet out
-        of the fold (`_fold1_leaving`) leave it first, so that only ordered steps move."""
+    def _remap_fold1(
+        self, low: float | None, high: float | None, new_positions: Mapping[EventId, float]
+    ) -> None:
+        """Follow the power ordering's new positions (those strictly between `low` and
+        `high`); steps taken out of it and not yet out of the fold (`_fold1_leaving`) leave
+        it first, so that only ordered steps move."""
         if self._fold1_leaving:
             leaving, self._fold1_leaving = self._fold1_leaving, set()
             self._fold1_touched |= self._fold1.update(
                 removed=leaving, base_changed=self._fold1_base_changed
             )
             self._fold1_base_changed = []
-        self._fold1.remap(new_positions)
+        if low is None and high is None:
+            self._fold1.remap(new_positions)
+        else:
+            self._fold1.respace(low, high, new_positions)
 
     def _sorted_power_order(self) -> list[EventId]:
         """Step 1 from scratch: the power events of the full conflicted set and their
@@ -365,7 +373,7 @@ class IncrementalResolver:
         keyed = sorted(self._mainline_key(e) for e in leftover)
         self._mainline_keys: list[tuple[int, int, str]] = keyed
         self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
-        self._fold2 = AuthCheckFold(self._fold1.final, self._get_event, self._is_rejected)
+        self._fold2 = AuthCheckFold(self._fold1.final, self._check_inputs)
         events = self._events
         self._fold2.build(
             zip((events[EventId(k[2])] for k in keyed), self._mainline_positions, strict=True)
@@ -534,7 +542,7 @@ class IncrementalResolver:
         arriving = [e for e in entered if e not in power_nodes]
         arriving += [e for e in no_longer_power if e in self._events]
         arriving_keys = [self._mainline_key(self._events[e]) for e in arriving]
-        is_crowded = False
+        crowded_keys: list[tuple[int, int, str]] = []
         for mainline_key in arriving_keys:
             i = bisect_left(keys, mainline_key)
             at = between(
@@ -543,15 +551,18 @@ class IncrementalResolver:
             )
             if at is None:
                 flush_removed()
-                self._renumber_mainline()
+                self._respace_mainline(i)
                 at = between(positions[i - 1], positions[i])
                 assert at is not None
             keys.insert(i, mainline_key)
             positions.insert(i, at)
-            is_crowded = is_crowded or crowded(positions, i)
-        if is_crowded:
-            flush_removed()
-            self._renumber_mainline()
+            if crowded(positions, i):
+                crowded_keys.append(mainline_key)
+        for mainline_key in crowded_keys:
+            i = bisect_left(keys, mainline_key)
+            if crowded(positions, i):
+                flush_removed()
+                self._respace_mainline(i)
         inserted2 = [
             (self._events[EventId(k[2])], positions[bisect_left(keys, k)]) for k in arriving_keys
         ]
@@ -674,7 +685,7 @@ class IncrementalResolver:
             event = events[event_id]
             power.place(event, self._power_key(event), joins=event_id in joining)
         if power.crowded:
-            power.renumber()
+            power.respace_crowded()
         touched = self._fold1_touched
         touched |= self._fold1.update(
             removed=self._fold1_leaving,
@@ -685,9 +696,18 @@ class IncrementalResolver:
         power.prune_refs()
         return touched, sorted(joining - leaving), sorted(leaving - joining)
 
-    def _renumber_mainline(self) -> None:
-        self._mainline_positions[:] = [float(i) for i in range(len(self._mainline_keys))]
-        self._fold2.remap({EventId(k[2]): float(i) for i, k in enumerate(self._mainline_keys)})
+    def _respace_mainline(self, i: int) -> None:
+        """Spread the mainline ordering's positions out around index `i` (fold 2 follows)."""
+        positions = self._mainline_positions
+        lo, hi, low, high = respace(positions, i)
+        moved = {
+            EventId(k[2]): at
+            for k, at in zip(self._mainline_keys[lo:hi], positions[lo:hi], strict=True)
+        }
+        if low is None and high is None:
+            self._fold2.remap(moved)
+        else:
+            self._fold2.respace(low, high, moved)
 
 
 __all__ = ["IncrementalResolver"]

@@ -4,8 +4,8 @@ neighbours, and the reverse topological power ordering with events placed one at
 Owns: `PowerOrdering` (the events of resolution step 1 in Kahn's lexicographic topological
 order, with the auth edges between them, updated by taking events out and placing them back)
 and the position arithmetic both orderings of `core.stateres_incremental` use (`between`,
-`crowded`, `spread_positions`). Must not: run auth checks (`core.stateres_fold`) or decide
-which events belong to the ordering (`core.stateres_incremental`).
+`crowded`, `respace`, `spread_positions`). Must not: run auth checks (`core.stateres_fold`) or
+decide which events belong to the ordering (`core.stateres_incremental`).
 
 Spec: digest section 6.2, "Reverse topological power ordering" (Kahn's algorithm choosing,
 among the events whose auth events are all placed, the smallest
@@ -27,6 +27,9 @@ PowerKey = tuple[int, int, str]
 # Neighbouring positions closer than this (relative to their size) are renumbered: a float
 # gap halves at each insertion into it and runs out after about 40.
 MIN_GAP = 1e-12
+# A window is spread out only if its positions end up at least this far apart (relative to
+# their size): room for about 20 more halvings before it is crowded again.
+ROOMY_GAP = 1e-6
 
 
 def between(low: float | None, high: float | None) -> float | None:
@@ -47,6 +50,36 @@ def crowded(positions: list[float], i: int) -> bool:
     return (i > 0 and at - positions[i - 1] < room) or (
         i + 1 < len(positions) and positions[i + 1] - at < room
     )
+
+
+def respace(positions: list[float], i: int) -> tuple[int, int, float | None, float | None]:
+    """Spread out, in place, the positions of the smallest window of indices around `i`
+    (half-width 8, doubling) that its outer neighbours leave enough room for; all of them
+    (0, 1, 2, ...) once the window covers the list. Returns the window `[lo, hi)` and its
+    outer neighbours' positions (None at an end): only positions strictly between those
+    moved, in the same order."""
+    n = len(positions)
+    width = 8
+    while True:
+        lo = max(0, i - width)
+        hi = min(n, i + width + 1)
+        left = positions[lo - 1] if lo > 0 else None
+        right = positions[hi] if hi < n else None
+        count = hi - lo
+        if left is None and right is None:
+            positions[:] = [float(k) for k in range(n)]
+        elif left is None:
+            assert right is not None
+            positions[lo:hi] = [right - (count - k) for k in range(count)]
+        elif right is None:
+            positions[lo:hi] = [left + (k + 1) for k in range(count)]
+        else:
+            step = (right - left) / (count + 1)
+            if step < ROOMY_GAP * max(1.0, abs(left), abs(right)):
+                width *= 2
+                continue
+            positions[lo:hi] = [left + step * (k + 1) for k in range(count)]
+        return lo, hi, left, right
 
 
 def longest_increasing_run(items: list[tuple[float, EventId]]) -> set[EventId]:
@@ -187,8 +220,10 @@ class PowerOrdering:
 
     `refs` counts, for every event ID, the ordered events citing it as an auth event;
     `children` maps an event ID to the ordered events citing it (whether or not it is itself
-    ordered: an event joining later must know what depends on it). `renumber` is called with
-    the new positions whenever they are spread out again (the fold keyed on them follows).
+    ordered: an event joining later must know what depends on it). `renumber(low, high,
+    moved)` is called whenever positions are spread out again, with the new positions of the
+    events that moved, all those that were strictly between `low` and `high` (None: no
+    bound), so that the fold keyed on them follows.
     """
 
     def __init__(
@@ -197,7 +232,7 @@ class PowerOrdering:
         positions: list[float],
         events: Mapping[EventId, Pdu],
         key: Callable[[Pdu], PowerKey],
-        renumber: Callable[[Mapping[EventId, float]], None],
+        renumber: Callable[[float | None, float | None, Mapping[EventId, float]], None],
     ) -> None:
         self.order = order
         self.positions = positions
@@ -211,7 +246,7 @@ class PowerOrdering:
         for event_id in order:
             for parent in events[event_id].auth_event_ids:
                 self.children.setdefault(parent, set()).add(event_id)
-        self.crowded = False
+        self._crowded: list[EventId] = []  # placed where the gaps are small
         self._renumber_callback = renumber
 
     def detach(self, event: Pdu) -> None:
@@ -250,7 +285,7 @@ class PowerOrdering:
             i = n
         at = between(positions[i - 1] if i > 0 else None, positions[i] if i < n else None)
         if at is None:
-            self.renumber()
+            self._respace(i)
             at = between(positions[i - 1], positions[i])
             assert at is not None
         self.order.insert(i, event_id)
@@ -259,15 +294,36 @@ class PowerOrdering:
         self.pos[event_id] = at
         self.nodes.add(event_id)
         if crowded(positions, i):
-            self.crowded = True
+            self._crowded.append(event_id)
+
+    @property
+    def crowded(self) -> bool:
+        """Whether events were placed where the gaps are small (`respace_crowded`)."""
+        return bool(self._crowded)
+
+    def respace_crowded(self) -> None:
+        """Spread the positions out around the events placed where the gaps were small."""
+        crowded_ids, self._crowded = self._crowded, []
+        for event_id in crowded_ids:
+            at = self.pos.get(event_id)
+            if at is not None:
+                i = bisect_left(self.positions, at)
+                if crowded(self.positions, i):
+                    self._respace(i)
+
+    def _respace(self, i: int) -> None:
+        lo, hi, low, high = respace(self.positions, i)
+        moved = dict(zip(self.order[lo:hi], self.positions[lo:hi], strict=True))
+        self.pos.update(moved)
+        self._renumber_callback(low, high, moved)
 
     def renumber(self) -> None:
-        """Spread the positions out again (0, 1, 2, ...), in the same order."""
-        self.crowded = False
+        """Spread all the positions out again (0, 1, 2, ...), in the same order."""
+        self._crowded = []
         self.positions[:] = [float(i) for i in range(len(self.order))]
         self.pos.clear()
         self.pos.update((e, float(i)) for i, e in enumerate(self.order))
-        self._renumber_callback(self.pos)
+        self._renumber_callback(None, None, self.pos)
 
     def prune_refs(self) -> None:
         """Forget the event IDs nothing ordered cites any more."""
@@ -298,5 +354,6 @@ __all__ = [
     "between",
     "crowded",
     "longest_increasing_run",
+    "respace",
     "spread_positions",
 ]
