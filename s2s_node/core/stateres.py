@@ -286,7 +286,7 @@ def compute_power_graph(
             continue
         parents = [a for a in events[event_id].auth_event_ids if a in events]
         graph[event_id] = parents
-        pending.extend(a for a in parents if a not in graph)
+        pending += parents
     return graph
 
 

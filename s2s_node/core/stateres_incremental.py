@@ -334,11 +334,12 @@ class IncrementalResolver:
         """Step 1 from scratch: the power events of the full conflicted set and their
         ancestors in it, by reverse topological power ordering."""
         events = self._events
-        is_power = self._is_power
-        graph = compute_power_graph((e for e in events.values() if is_power(e.event_id)), events)
-        return compute_lexicographic_topological_order(
-            graph, lambda event_id: self._power_key(events[event_id])
-        )
+        known = self._power_events
+        known.update({e: is_power_event(events[e]) for e in events.keys() - known.keys()})
+        graph = compute_power_graph([e for e in events.values() if known[e.event_id]], events)
+        power_key = self._power_key
+        keys = {event_id: power_key(events[event_id]) for event_id in graph}
+        return compute_lexicographic_topological_order(graph, keys.__getitem__)
 
     def _reorder_power(
         self, base_changed: list[StateKey]
