@@ -205,19 +205,27 @@ def _bound_keys(value: dict[Any, Any]) -> int:
     try:
         keys = "".join(value)
     except TypeError:  # a key that is not a string
-        key = next(k for k in value if not isinstance(k, str))
-        raise CanonicalJsonError(
-            CanonicalJsonReason.BAD_TYPE, f"object key {key!r} is not a string"
-        ) from None
+        raise _bad_key(value) from None
     if not keys.isascii():
         _check_str(keys)
     return 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)
 
 
+def _bad_key(value: dict[Any, Any]) -> CanonicalJsonError:
+    key = next(k for k in value if not isinstance(k, str))
+    return CanonicalJsonError(CanonicalJsonReason.BAD_TYPE, f"object key {key!r} is not a string")
+
+
 def _bound_dict(value: dict[Any, Any], depth_left: int) -> int:
     if depth_left <= 0:
         raise CanonicalJsonError(CanonicalJsonReason.TOO_DEEP, "value nests too deeply")
-    size = _bound_keys(value)
+    try:
+        keys = "".join(value)
+    except TypeError:  # a key that is not a string
+        raise _bad_key(value) from None
+    if not keys.isascii():
+        _check_str(keys)
+    size = 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)  # (as `_bound_keys`, inline)
     for item in value.values():
         kind = type(item)
         if kind is str:
