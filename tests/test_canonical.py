@@ -18,7 +18,6 @@ from s2s_node.core.canonical import (
     Base64Error,
     CanonicalJsonError,
     CanonicalJsonReason,
-    check_canonical_members_bound,
     check_canonical_value,
     check_canonical_value_bound,
     compute_encoded_length,
@@ -412,47 +411,6 @@ def test_encoded_length_is_the_length_of_the_text(value: Any) -> None:
     text = encode_canonical_json_trusted_str(value)
     assert compute_encoded_length(value) == len(text)
     assert text.encode("utf-8") == encode_canonical_json(value)
-
-
-@settings(max_examples=300)
-@given(
-    value=st.dictionaries(safe_text, json_values, max_size=6),
-    skipped=st.sets(safe_text, max_size=3),
-)
-def test_members_bound_is_the_value_bound_without_the_checked_members(
-    value: dict[str, Any], skipped: set[str]
-) -> None:
-    checked = frozenset(skipped)
-    rest = {k: v for k, v in value.items() if k not in checked}
-    bound = check_canonical_members_bound(value, checked)
-    # The keys of every member count; the values of the checked ones do not.
-    keys_only = {k: None for k in value if k in checked}
-    assert bound == check_canonical_value_bound({**rest, **keys_only}) - 4 * len(keys_only)
-
-
-@pytest.mark.parametrize(
-    ("bad", "reason"),
-    [
-        ({"k": 1.5}, CanonicalJsonReason.FLOAT),
-        ({"k": [2**53]}, CanonicalJsonReason.INTEGER_OUT_OF_RANGE),
-        ({"k": "\ud800"}, CanonicalJsonReason.NOT_UTF8),
-        ({"\ud800": 1}, CanonicalJsonReason.NOT_UTF8),
-        ({1: 1}, CanonicalJsonReason.BAD_TYPE),
-        ({"k": object()}, CanonicalJsonReason.BAD_TYPE),
-    ],
-)
-def test_members_bound_checks_keys_and_other_values(bad: dict[Any, Any], reason: Any) -> None:
-    with pytest.raises(CanonicalJsonError) as exc_info:
-        check_canonical_members_bound({**bad, "skip": 1.5}, frozenset({"skip"}))
-    assert exc_info.value.reason is reason
-    check_canonical_members_bound({"skip": 1.5, "k": 1}, frozenset({"skip"}))  # not walked
-    deep: Any = "x"
-    for _ in range(MAX_JSON_DEPTH):
-        deep = [deep]
-    with pytest.raises(CanonicalJsonError) as exc_info:
-        check_canonical_members_bound({"k": deep}, frozenset())
-    assert exc_info.value.reason is CanonicalJsonReason.TOO_DEEP
-    check_canonical_members_bound({"k": deep[0]}, frozenset())  # the limit, as the full walk
 
 
 @settings(max_examples=300)

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s2s_node.core import events as events_module
 from s2s_node.core.canonical import (
     decode_base64,
     encode_base64_urlsafe,
@@ -594,101 +593,3 @@ def test_build_event_agrees_with_parse_pdu(
         assert _reason(obj, rules) is reason
     else:
         assert parse_pdu(parse_json(pdu.canonical_bytes()), rules) == pdu
-
-
-# ----------------------------------------------------------------------------------------------
-# The value walk done with the field checks (`_parse_checking_values`) gives the usual verdicts
-
-
-def _deep(levels: int) -> Any:
-    value: Any = "leaf"
-    for _ in range(levels):
-        value = {"a": value}
-    return value
-
-
-ODD_VALUES: list[Any] = [
-    1.5,
-    2**53,
-    -(2**53),
-    2**53 - 1,
-    "\ud800",
-    "é\U0001f600",
-    {1: "a"},
-    {"\udfff": "a"},
-    {"k": "\ud800"},
-    {"k": 2**60},
-    _deep(70),
-    True,
-    None,
-    [],
-    {},
-    ("a",),
-    ["\ud800"],
-    "x" * (MAX_PDU_BYTES // 5),  # under the limit, over it by the 6-bytes-a-character bound
-    "x" * MAX_PDU_BYTES,
-]
-ODD_PATHS: list[tuple[str, ...]] = [
-    ("type",),
-    ("sender",),
-    ("state_key",),
-    ("room_id",),
-    ("origin_server_ts",),
-    ("depth",),
-    ("prev_events",),
-    ("auth_events",),
-    ("content",),
-    ("content", "displayname"),
-    ("hashes",),
-    ("hashes", "sha256"),
-    ("hashes", "other"),
-    ("signatures",),
-    ("signatures", "other.example"),
-    ("signatures", "other.example", "ed25519:1"),
-    ("signatures", "\ud800"),
-    ("unsigned",),
-    ("unsigned", "age"),
-    ("new_member",),
-    ("\ud800",),
-]
-
-
-def _outcome(obj: dict[str, Any], rules: RoomVersionRules) -> Pdu | FormatReason:
-    try:
-        return parse_pdu(obj, rules)
-    except EventFormatError as exc:
-        return exc.reason
-
-
-@pytest.mark.parametrize("rules", ALL_RULES, ids=lambda r: r.version)
-def test_fused_value_walk_gives_the_usual_verdicts(
-    rules: RoomVersionRules, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cases: list[dict[str, Any]] = [_valid(rules)]
-    for path in ODD_PATHS:
-        for value in ODD_VALUES:
-            event = _valid(rules)
-            target = event
-            for key in path[:-1]:
-                target = target.setdefault(key, {})
-            target[path[-1]] = value
-            cases.append(event)
-    cases.append({**_valid(rules), 7: "x"})  # a key that is not a string
-    fused = [_outcome(event, rules) for event in cases]
-    monkeypatch.setattr(events_module, "_parse_checking_values", lambda *args: None)
-    usual = [_outcome(event, rules) for event in cases]
-    assert fused == usual
-    assert isinstance(fused[0], Pdu)
-    # The cases reach the fast path's every exit: accepted, a failed check, a bound over.
-    assert FormatReason.NOT_CANONICAL in fused and FormatReason.TOO_LARGE in fused
-    assert sum(isinstance(outcome, Pdu) for outcome in fused) > 20
-
-
-def test_fused_value_walk_is_the_path_taken() -> None:
-    event = _valid(ROOM_V11)
-    pdu = events_module._parse_checking_values(event, ROOM_V11, None, True)
-    assert pdu == parse_pdu(event, ROOM_V11, check_values=False)
-    # A size bound over the limit leaves the event to the usual path, which measures it.
-    event["content"]["displayname"] = "x" * (MAX_PDU_BYTES // 5)
-    assert events_module._parse_checking_values(event, ROOM_V11, None, True) is None
-    assert parse_pdu(event, ROOM_V11).content == event["content"]

@@ -114,34 +114,6 @@ def check_canonical_value_bound(value: object, *, max_depth: int = MAX_JSON_DEPT
     return _bound(value, max_depth)
 
 
-def check_canonical_members_bound(
-    obj: dict[Any, Any], checked: frozenset[str], *, max_depth: int = MAX_JSON_DEPTH
-) -> int:
-    """`check_canonical_value_bound(obj)` but for the values of the members named in `checked`,
-    which the caller has checked already and whose bounds it adds itself.
-
-    The keys (all of them) and every other value are checked as `check_canonical_value`
-    does; the bound covers the braces, the keys and their punctuation, and those values.
-    """
-    if max_depth <= 0:
-        raise CanonicalJsonError(CanonicalJsonReason.TOO_DEEP, "value nests too deeply")
-    size = _bound_keys(obj)
-    depth_left = max_depth - 1
-    for key, item in obj.items():
-        if key in checked:
-            continue
-        kind = type(item)
-        if kind is dict:
-            size += _bound_dict(item, depth_left)
-        elif kind is str:
-            if not item.isascii():
-                _check_str(item)
-            size += MAX_CHAR_BYTES * len(item) + 2
-        else:
-            size += _bound(item, depth_left)
-    return size
-
-
 # The longest canonical integer, "-9007199254740991".
 MAX_INT_BYTES = 17
 # Bytes one character of a string can take at most: a `\u00XX` escape (UTF-8 needs at most 4).
@@ -200,32 +172,19 @@ def _bound(value: object, depth_left: int) -> int:
 # per character plus quotes (2); an integer MAX_INT_BYTES; an array item its comma (1).
 
 
-def _bound_keys(value: dict[Any, Any]) -> int:
-    """Check the keys of an object; the bound of its braces, keys and punctuation."""
-    try:
-        keys = "".join(value)
-    except TypeError:  # a key that is not a string
-        raise _bad_key(value) from None
-    if not keys.isascii():
-        _check_str(keys)
-    return 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)
-
-
-def _bad_key(value: dict[Any, Any]) -> CanonicalJsonError:
-    key = next(k for k in value if not isinstance(k, str))
-    return CanonicalJsonError(CanonicalJsonReason.BAD_TYPE, f"object key {key!r} is not a string")
-
-
 def _bound_dict(value: dict[Any, Any], depth_left: int) -> int:
     if depth_left <= 0:
         raise CanonicalJsonError(CanonicalJsonReason.TOO_DEEP, "value nests too deeply")
     try:
         keys = "".join(value)
     except TypeError:  # a key that is not a string
-        raise _bad_key(value) from None
+        key = next(k for k in value if not isinstance(k, str))
+        raise CanonicalJsonError(
+            CanonicalJsonReason.BAD_TYPE, f"object key {key!r} is not a string"
+        ) from None
     if not keys.isascii():
         _check_str(keys)
-    size = 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)  # (as `_bound_keys`, inline)
+    size = 2 + MAX_CHAR_BYTES * len(keys) + 4 * len(value)
     for item in value.values():
         kind = type(item)
         if kind is str:

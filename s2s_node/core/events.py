@@ -24,7 +24,6 @@ from s2s_node.core.canonical import (
     MIN_SAFE_INTEGER,
     CanonicalJsonError,
     JsonDict,
-    check_canonical_members_bound,
     check_canonical_value,
     check_canonical_value_bound,
     encode_canonical_json_trusted,
@@ -337,103 +336,19 @@ def parse_pdu(
     and hashes are not verified here. `check_values` and `encoded_size`: see
     `check_event_format`.
     """
-    pdu = (
-        _parse_checking_values(obj, rules, event_id, check_counts)
-        if check_values and type(obj) is dict
-        else None
+    checked = check_event_format(
+        obj,
+        rules,
+        check_counts=check_counts,
+        check_values=check_values,
+        encoded_size=encoded_size,
     )
-    if pdu is None:
-        checked = check_event_format(
-            obj,
-            rules,
-            check_counts=check_counts,
-            check_values=check_values,
-            encoded_size=encoded_size,
-        )
-        pdu = _parse_fields(checked, rules, event_id, check_counts=check_counts)
+    pdu = _parse_fields(checked, rules, event_id, check_counts=check_counts)
     if expected_room_id is not None and pdu.room_id != expected_room_id:
         raise EventFormatError(
             FormatReason.ROOM_MISMATCH, f"event of {pdu.room_id}, expected {expected_room_id}"
         )
     return pdu
-
-
-# The members `_parse_fields` reads, so that the canonical-JSON value walk can skip them: strings,
-# integers and lists of event IDs (`_parse_checking_values` checks what the walk would more).
-_PARSED_MEMBERS = frozenset(
-    {
-        "type",
-        "sender",
-        "state_key",
-        "room_id",
-        "origin_server_ts",
-        "depth",
-        "prev_events",
-        "auth_events",
-    }
-)
-_PARSED_MEMBERS_AND_SIGNATURES = _PARSED_MEMBERS | {"signatures"}
-_PARSED_MEMBERS_AND_SIGNATURES_HASHES = _PARSED_MEMBERS_AND_SIGNATURES | {"hashes"}
-# An event ID is 44 ASCII characters: 46 with its quotes, and a comma.
-_EVENT_ID_LIST_ITEM_BYTES = 47
-
-
-def _parse_checking_values(
-    obj: JsonDict, rules: RoomVersionRules, event_id: EventId | None, check_counts: bool
-) -> Pdu | None:
-    """`parse_pdu` with `check_values` of a dict, the value walk done with the field checks:
-    the members `_parse_fields` reads are checked by it (and for lone surrogates and the
-    integer range here) instead of walked again.
-
-    None when the event fails a check or its size bound is over the limit: the caller then
-    takes the usual path, which finds the reason (value walk first, then the size, then the
-    fields). Any event this accepts passes that path with the same `Pdu`.
-    """
-    try:
-        pdu = _parse_fields(obj, rules, event_id, check_counts=check_counts)
-        # `hashes` and `signatures` are objects, of objects in `signatures`: when those hold
-        # strings only (the usual case), they are checked with the fields.
-        signatures: JsonDict = obj["signatures"]
-        strings = "".join(signatures)
-        for by_server in signatures.values():
-            strings += "".join(by_server) + "".join(by_server.values())
-        hashes: JsonDict = obj["hashes"]
-        if len(hashes) == 1:  # `sha256`, a string
-            strings += "sha256" + hashes["sha256"]
-            checked = _PARSED_MEMBERS_AND_SIGNATURES_HASHES
-        else:
-            checked = _PARSED_MEMBERS_AND_SIGNATURES
-        size = check_canonical_members_bound(obj, checked)
-    except (EventFormatError, CanonicalJsonError, TypeError, ValueError, RecursionError):
-        return None
-    # `type`, `sender`, `state_key` and `room_id` are strings (or absent) and `depth` is in
-    # range; event IDs are ASCII.
-    strings += pdu.type + pdu.sender + obj.get("state_key", "") + obj.get("room_id", "")
-    if not strings.isascii() and not _is_utf8(strings):
-        return None
-    if not MIN_SAFE_INTEGER <= pdu.origin_server_ts <= MAX_SAFE_INTEGER:
-        return None
-    # At most: 6 bytes a character and 4 more a string (its quotes, and a colon and a comma
-    # if it is a key), 2 an object (`signatures`, its objects and `hashes`), 17 an integer, 2 a
-    # list and 47 an event ID in it.
-    string_count = 6 + len(signatures) + 2 * sum(map(len, signatures.values()))
-    size += (
-        MAX_CHAR_BYTES * len(strings)
-        + 4 * string_count
-        + 2 * (len(signatures) + 2)
-        + 2 * MAX_INT_BYTES
-        + 2 * 2
-        + _EVENT_ID_LIST_ITEM_BYTES * (len(pdu.prev_events) + len(pdu.auth_events))
-    )
-    return pdu if size <= MAX_PDU_BYTES else None
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
 
 
 def _parse_fields(
