@@ -234,6 +234,7 @@ class AuthCheckFold:
         passed = self._passed
         pos = self.pos
         records = self._steps
+        push = heapq.heappush
 
         def changed_from(key: StateKey, at: float) -> None:
             # The value of `key` changed for positions after `at`, up to and including the
@@ -255,7 +256,7 @@ class AuthCheckFold:
                 p = reader_pos[i]
                 if p > end:
                     break
-                heapq.heappush(agenda, (p, reader_ids[i]))
+                push(agenda, (p, reader_ids[i]))
 
         base_changed = list(base_changed)
         for key in base_changed:
@@ -264,9 +265,16 @@ class AuthCheckFold:
             at = pos.pop(event_id)
             _event, own_key, auth_keys = records.pop(event_id)
             was_passed = passed.pop(event_id)
-            _remove_sorted(writers_of[own_key], at, event_id)
+            # Out of its key's writers and its auth keys' readers (found by position).
+            positions, ids = writers_of[own_key]
+            i = bisect_left(positions, at)
+            assert ids[i] == event_id
+            del positions[i], ids[i]
             for key in auth_keys:
-                _remove_sorted(readers_of[key], at, event_id)
+                positions, ids = readers_of[key]
+                i = bisect_left(positions, at)
+                assert ids[i] == event_id
+                del positions[i], ids[i]
             if was_passed:
                 changed_from(own_key, at)
         for event, at in inserted:
@@ -278,13 +286,19 @@ class AuthCheckFold:
             entries = writers_of.get(own_key)
             if entries is None:
                 entries = writers_of[own_key] = ([], [])
-            _insert_sorted(entries, at, event_id)
+            positions, ids = entries
+            i = bisect_left(positions, at)
+            positions.insert(i, at)
+            ids.insert(i, event_id)
             for key in auth_keys:
                 entries = readers_of.get(key)
                 if entries is None:
                     entries = readers_of[key] = ([], [])
-                _insert_sorted(entries, at, event_id)
-            heapq.heappush(agenda, (at, event_id))
+                positions, ids = entries
+                i = bisect_left(positions, at)
+                positions.insert(i, at)
+                ids.insert(i, event_id)
+            push(agenda, (at, event_id))
 
         done: set[EventId] = set()
         value_at = self._value_at
@@ -335,21 +349,6 @@ def _step_keys(event: Pdu) -> tuple[StateKey, tuple[StateKey, ...]]:
     own_key = event.state_tuple
     assert own_key is not None
     return own_key, tuple(compute_auth_keys(event))
-
-
-def _insert_sorted(entries: _Entries, at: float, event_id: EventId) -> None:
-    positions, ids = entries
-    i = bisect_left(positions, at)
-    positions.insert(i, at)
-    ids.insert(i, event_id)
-
-
-def _remove_sorted(entries: _Entries, at: float, event_id: EventId) -> None:
-    positions, ids = entries
-    i = bisect_left(positions, at)
-    assert ids[i] == event_id
-    del positions[i]
-    del ids[i]
 
 
 __all__ = ["AuthCheckFold", "BaseLookup", "CheckInputs", "Memo", "no_base"]

@@ -208,6 +208,18 @@ class IncrementalResolver:
         some other one (its closure is then computed afresh); an old input left without a
         partner adds the keys where it differs from a new one."""
         old_sets = self._sets
+        if len(state_sets) == len(old_sets) and all(
+            new is old
+            or (
+                isinstance(new, StateSnapshot)
+                and isinstance(old, StateSnapshot)
+                and new.shares_base_with(old)
+            )
+            for new, old in zip(state_sets, old_sets, strict=True)
+        ):
+            # The usual case: each input is the one at its place or follows from it. (Any
+            # pairing gives the same result: it only decides what each input is compared with.)
+            return self._changes_against(state_sets, list(range(len(old_sets))), [])
         unpaired = list(range(len(old_sets)))
         partner: list[int | None] = []
         for new in state_sets:
@@ -228,6 +240,15 @@ class IncrementalResolver:
         for i, found in enumerate(partner):
             if found is None and unpaired and len(state_sets) == len(old_sets):
                 partner[i] = unpaired.pop(0)
+        return self._changes_against(state_sets, partner, unpaired)
+
+    def _changes_against(
+        self,
+        state_sets: Sequence[Mapping[StateKey, EventId]],
+        partner: list[int | None],
+        unpaired: list[int],
+    ) -> _Changes | None:
+        old_sets = self._sets
         changes = _Changes(partner=partner, per_set=[], extra_keys=set())
         total = 0
         for new, found in zip(state_sets, partner, strict=True):
