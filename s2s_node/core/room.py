@@ -29,7 +29,7 @@ from s2s_node.core.auth import (
     compute_auth_keys,
     select_auth_events,
 )
-from s2s_node.core.authchain import AuthChainIndex
+from s2s_node.core.authchain import AuthChainError, AuthChainIndex, AuthChainReason
 from s2s_node.core.events import MAX_DEPTH, MAX_PREV_EVENTS, Pdu, build_event
 from s2s_node.core.ids import EventId, RoomId
 from s2s_node.core.keys import SigningKey
@@ -337,11 +337,14 @@ class RoomGraph:
 
     def _commit(self, pdu: Pdu, before: StateSnapshot, admission: Admission) -> Admission:
         status = admission.status
-        index = self.store.auth_chains
         # Only state events can be auth events or state. One citing unindexed auth events (a
         # message, an unindexed rejected event) was rejected at step 4 and is never state.
-        if pdu.state_key is not None and all(a in index for a in pdu.auth_event_ids):
-            index.add(pdu.event_id, pdu.auth_event_ids)
+        if pdu.state_key is not None:
+            try:
+                self.store.auth_chains.add(pdu.event_id, pdu.auth_event_ids)
+            except AuthChainError as exc:
+                if exc.reason is not AuthChainReason.AUTH_EVENT_UNKNOWN:
+                    raise
         after = before
         if status is not EventStatus.REJECTED and pdu.state_tuple is not None:
             after = before.with_entry(pdu.state_tuple, pdu.event_id)
@@ -369,11 +372,16 @@ class RoomGraph:
         and leaving them would keep dangling extremities (Synapse does the same).
         """
         get_admission = self.store.get_admission
-        if all(
+        prev_events = pdu.prev_events
+        if len(prev_events) == 1:  # the usual case: one accepted prev_event
+            admission = get_admission(prev_events[0])
+            if admission is not None and admission.status is EventStatus.ACCEPTED:
+                return {prev_events[0]}
+        elif all(
             (a := get_admission(e)) is not None and a.status is EventStatus.ACCEPTED
-            for e in pdu.prev_events
+            for e in prev_events
         ):
-            return set(pdu.prev_events)  # the usual case: nothing to look through
+            return set(prev_events)  # nothing to look through
         superseded: set[EventId] = set()
         stack = list(pdu.prev_events)
         while stack:
