@@ -302,6 +302,7 @@ class AuthCheckFold:
 
         done: set[EventId] = set()
         value_at = self._value_at
+        base = self.base
         usable = self._usable
         own = self._own
         while agenda:
@@ -314,7 +315,22 @@ class AuthCheckFold:
             auth_state: dict[StateKey, Pdu] = {}
             complete = True
             for key in auth_keys:
-                state_id = value_at(key, at)
+                # The value at its position (`_value_at`, in line): the last writer before
+                # it that passed, else the base.
+                state_id = None
+                entries = writers_of.get(key)
+                if entries is not None:
+                    ids = entries[1]
+                    i = bisect_left(entries[0], at)
+                    while i:
+                        i -= 1
+                        if passed[ids[i]]:
+                            state_id = ids[i]
+                            break
+                    else:
+                        state_id = base(key)
+                else:
+                    state_id = base(key)
                 if state_id is not None:
                     auth_event = usable[state_id]
                     if auth_event is not None:
