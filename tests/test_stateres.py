@@ -66,19 +66,8 @@ def test_index_masks_are_bits_by_position() -> None:
     assert index.mask_of([E("a"), E("d")]) == 0b1001
     assert index.ids_of(0b1010) == [E("b"), E("d")]
     assert index.auth_positions(E("d")) == (1, 2)
-    assert index.event_ids() == (E("a"), E("b"), E("c"), E("d"))
-
-
-def test_index_descendants_are_built_on_demand_then_kept_up_to_date() -> None:
-    index = small_index()
     assert index.id_at(2) == E("c")
-    assert index.descendants_at(0) == [1, 2, 3]  # a is in the chains of b, c and d
-    assert index.descendants_at(1) == [3]
-    assert index.descendants_at(3) == []
-    index.add(E("e"), [E("c")])  # added after the reverse index was built
-    assert index.descendants_at(0) == [1, 2, 3, 4]
-    assert index.descendants_at(2) == [3, 4]
-    assert index.descendants_at(4) == []
+    assert index.event_ids() == (E("a"), E("b"), E("c"), E("d"))
 
 
 def test_index_needs_parents_first() -> None:

@@ -57,16 +57,13 @@ class AuthChainError(LookupError):
 class AuthChainIndex:
     """Auth chains of the events of one room, as bitmasks over dense event positions."""
 
-    __slots__ = ("_auth", "_chains", "_descendants", "_ids", "_positions")
+    __slots__ = ("_auth", "_chains", "_ids", "_positions")
 
     def __init__(self) -> None:
         self._positions: dict[EventId, int] = {}
         self._ids: list[EventId] = []
         self._chains: list[int] = []
         self._auth: list[tuple[int, ...]] = []
-        # position -> positions of the events whose auth chain holds it; built on first use
-        # (`descendants_at`), then kept up to date by `add`.
-        self._descendants: list[list[int]] | None = None
 
     def add(self, event_id: EventId, auth_event_ids: Sequence[EventId]) -> None:
         """Add an event whose auth events are all in the index already.
@@ -92,11 +89,6 @@ class AuthChainIndex:
         self._ids.append(event_id)
         chains.append(mask)
         self._auth.append(auth)
-        descendants = self._descendants
-        if descendants is not None:
-            descendants.append([])
-            for p in self.positions_of(mask):
-                descendants[p].append(position)
 
     def __contains__(self, event_id: object) -> bool:
         return event_id in self._positions
@@ -122,22 +114,6 @@ class AuthChainIndex:
     def id_at(self, position: int) -> EventId:
         """The event at a position."""
         return self._ids[position]
-
-    def descendants_at(self, position: int) -> list[int]:
-        """The positions of the events whose auth chain holds the given one, ascending.
-
-        The first call builds the reverse index for every event (as many entries as there are
-        bits in all chain masks); `add` keeps it up to date from then on. Do not mutate the
-        returned list.
-        """
-        descendants = self._descendants
-        if descendants is None:
-            descendants = [[] for _ in self._ids]
-            for q, mask in enumerate(self._chains):
-                for p in self.positions_of(mask):
-                    descendants[p].append(q)
-            self._descendants = descendants
-        return descendants[position]
 
     def auth_positions(self, event_id: EventId) -> tuple[int, ...]:
         """The positions of an event's direct auth events, ascending."""

@@ -364,26 +364,42 @@ class IncrementalResolver:
 
     def _reorder_power(
         self, base_changed: list[StateKey]
-    ) -> tuple[set[StateKey], list[EventId], list[EventId]] | None:
+    ) -> tuple[set[StateKey], list[EventId], list[EventId]]:
         """Steps 1 and 2 when many events move: sort again, keep the longest run of events
         whose relative order did not change at their positions, and move the others in the
-        fold (its checks re-run only where a read value changed). None if positions run out.
-        """
+        fold (its checks re-run only where a read value changed); when that run is less
+        than half of the ordering or positions run out, build fold 1 again instead."""
         old = self._power
         order = self._sorted_power_order()
         kept = longest_increasing_run([(old.pos[e], e) for e in order if e in old.pos])
-        positions = spread_positions(order, old.pos, kept)
-        if positions is None:
-            return None
-        removed = [e for e in old.order if e not in kept]
-        self._power = self._new_power_ordering(order, positions)
         events = self._events
-        inserted = [
-            (events[e], at) for e, at in zip(order, positions, strict=True) if e not in kept
-        ]
-        touched = self._fold1.update(removed=removed, inserted=inserted, base_changed=base_changed)
-        if any(crowded(positions, i) for i in range(len(positions))):
-            self._power.renumber()
+        positions = None
+        if 2 * len(kept) >= len(order):
+            positions = spread_positions(order, old.pos, kept)
+        if positions is None:
+            # Most steps move (or positions ran out): fold 1 is built again, which checks
+            # each step once; the keys whose final value changed are the news.
+            positions = [float(i) for i in range(len(order))]
+            self._power = self._new_power_ordering(order, positions)
+            old_fold = self._fold1
+            fold = self._fold1 = AuthCheckFold(old_fold.base, self._check_inputs)
+            fold.build(zip((events[e] for e in order), positions, strict=True))
+            self._fold2.base = fold.final
+            touched = set(base_changed)
+            for key in {*old_fold.written_keys(), *fold.written_keys()}:
+                if old_fold.final(key) != fold.final(key):
+                    touched.add(key)
+        else:
+            removed = [e for e in old.order if e not in kept]
+            self._power = self._new_power_ordering(order, positions)
+            inserted = [
+                (events[e], at) for e, at in zip(order, positions, strict=True) if e not in kept
+            ]
+            touched = self._fold1.update(
+                removed=removed, inserted=inserted, base_changed=base_changed
+            )
+            if any(crowded(positions, i) for i in range(len(positions))):
+                self._power.renumber()
         new_nodes = self._power.nodes
         return touched, sorted(new_nodes - old.nodes), sorted(old.nodes - new_nodes)
 
@@ -527,12 +543,9 @@ class IncrementalResolver:
         for event_id in left:
             del self._events[event_id]
         base1_changed = [] if self._rules.state_res_starts_empty else unconflicted_changed
-        moved = self._update_power_ordering(entered, set(left), base1_changed)
-        if moved is None:
-            previous = self._result
-            self._rebuild_power_ordering()
-            return self._emit_from_scratch(previous)
-        touched, now_power, no_longer_power = moved
+        touched, now_power, no_longer_power = self._update_power_ordering(
+            entered, set(left), base1_changed
+        )
 
         # Steps 3 and 4: the other events, by mainline ordering.
         if self._fold1.final(POWER_LEVELS_KEY) != self._mainline_pl and not self._extend_mainline():
@@ -616,8 +629,9 @@ class IncrementalResolver:
     def _update_subgraph(self, added: set[EventId], removed: set[EventId]) -> None:
         """v2.1 conflicted subgraph after the conflicted set gained `added` and lost `removed`.
 
-        Subgraph = C ∪ {x ∈ ancestors(C) : chain(x) ∩ C ≠ ∅}. Only events whose chain holds an
-        added or removed event, and events entering or leaving ancestors(C), can change.
+        Subgraph = C ∪ {x ∈ ancestors(C) : chain(x) ∩ C ≠ ∅}. Only the added and removed
+        events, events entering or leaving ancestors(C), and some events whose chain holds an
+        added or removed event (below) can change; no reverse index of the chains is needed.
         """
         index = self._index
         old_ancestors = self._ancestors
@@ -634,11 +648,33 @@ class IncrementalResolver:
         affected = set(
             index.positions_of(changed) if changed.bit_count() > 16 else _positions_of(changed)
         )
+        # An event x whose chain holds an added or removed event e can change its membership
+        # only if chain(x) meets the conflicted set on one side and not the other. When
+        # chain(e) holds an event conflicted on both sides, chain(x) (a superset) meets both;
+        # otherwise, x can leave (e removed) only if it was in the subgraph and is no longer
+        # conflicted, or join (e added) only if it was not and is an ancestor now: just those
+        # events above e (descendants are indexed after it) are looked at.
+        old_subgraph = self._subgraph
+        stable = conflicted & ~index.mask_of(added)
         for event_id in added | removed:
             p = index.position(event_id)
             affected.add(p)
-            affected.update(index.descendants_at(p))
-        subgraph = self._subgraph
+            if index.chain_mask_at(p) & stable:
+                continue
+            if event_id in added:
+                candidates = ancestors & ~old_subgraph
+            else:
+                candidates = old_subgraph & ~conflicted
+            candidates >>= p + 1
+            for offset in (
+                index.positions_of(candidates)
+                if candidates.bit_count() > 16
+                else _positions_of(candidates)
+            ):
+                q = offset + p + 1
+                if index.chain_mask_at(q) >> p & 1:
+                    affected.add(q)
+        subgraph = old_subgraph
         for p in affected:
             bit = 1 << p
             inside = conflicted & bit or (ancestors & bit and index.chain_mask_at(p) & conflicted)
@@ -647,12 +683,12 @@ class IncrementalResolver:
 
     def _update_power_ordering(
         self, entered: list[EventId], left: set[EventId], base_changed: list[StateKey]
-    ) -> tuple[set[StateKey], list[EventId], list[EventId]] | None:
+    ) -> tuple[set[StateKey], list[EventId], list[EventId]]:
         """Steps 1 and 2 after the full conflicted set gained `entered` and lost `left` (and
         the fold's base changed at `base_changed`).
 
         Returns the keys the fold touched, the events that joined the ordering and those that
-        left it; None when too much moved (the caller rebuilds it).
+        left it.
 
         The ordering holds the power events of the full conflicted set and, through auth edges
         inside it, their ancestors. Events leave it when they left the set or nothing in it
