@@ -491,6 +491,8 @@ def test_pdus_have_every_field_set(rules: RoomVersionRules) -> None:
         rebuilt = Pdu(**{f.name: getattr(pdu, f.name) for f in dataclasses.fields(Pdu) if f.init})
         assert rebuilt == pdu
         assert pdu.auth_keys_memo is None  # filled on first use by auth.compute_auth_keys
+        assert pdu.state_tuple == rebuilt.state_tuple
+        assert pdu.state_tuple == (None if pdu.state_key is None else (pdu.type, pdu.state_key))
         assert rebuilt.json is pdu.json
         with pytest.raises(dataclasses.FrozenInstanceError):
             pdu.depth = 1  # type: ignore[misc]

@@ -202,6 +202,29 @@ def test_current_state_is_resolved_only_when_the_extremities_states_change(
     assert len(calls) == 2  # the merge's state before
 
 
+def test_a_state_event_on_one_side_of_a_fork_changes_the_current_state(
+    room: RoomFixture,
+) -> None:
+    # On a standing fork, an event that changes the state of one side changes the set of the
+    # extremities' states (no earlier state holds it); one that does not, leaves it.
+    graph = room.graph
+    start = sorted(graph.forward_extremities)
+    a = room.add(room.build("m.room.topic", ALICE, {"topic": "a"}, state_key="", prev_events=start))
+    b = room.add(room.message(BOB, "b", prev_events=start))
+    assert graph.forward_extremities == {a.event_id, b.event_id}
+    current = graph.current_state()
+    c = room.add(room.message(BOB, "c", prev_events=[b.event_id]))
+    assert graph.forward_extremities == {a.event_id, c.event_id}
+    assert graph.current_state() is current
+    name = room.build("m.room.name", ALICE, {"name": "n"}, state_key="", prev_events=[c.event_id])
+    room.add(name)
+    assert graph.forward_extremities == {a.event_id, name.event_id}
+    assert graph.current_state()[("m.room.name", "")] == name.event_id
+    assert graph.current_state()[("m.room.topic", "")] == a.event_id
+    # The same event's state on its own: the state after it.
+    assert graph.state_after(name.event_id)[("m.room.name", "")] == name.event_id
+
+
 # -- building ----------------------------------------------------------------------------------
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import nacl.exceptions
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +30,7 @@ from s2s_node.core.signing import (
     add_hashes_and_signature,
     build_signed_event,
     check_event,
+    check_event_signatures,
     check_json_signature,
     compute_content_hash,
     compute_event_id,
@@ -517,6 +519,86 @@ def test_restricted_join_needs_both_signatures() -> None:
     assert both["signatures"]["domain"] == join["signatures"]["domain"]
     assert check_event(both, ROOM_V11, keys).hash_ok
     assert check_event(join, ROOM_V11, SPEC_KEYS, signers=[]).hash_ok  # explicit signer list
+
+
+def _loop_outcome(event: dict[str, Any], keys: Any) -> SignatureReason | None:
+    """What checking each of `required_signers` in turn gives (the general path)."""
+    message = encode_signing_bytes(event, ROOM_V11)
+    try:
+        for server in required_signers(event):
+            check_json_signature(event, server, keys, message=message)
+    except SignatureError as exc:
+        return exc.reason
+    return None
+
+
+def _fused_outcome(event: dict[str, Any], keys: Any) -> SignatureReason | None:
+    try:
+        check_event_signatures(event, keys, message=encode_signing_bytes(event, ROOM_V11))
+    except SignatureError as exc:
+        return exc.reason
+    return None
+
+
+def test_check_event_signatures_is_the_loop_over_required_signers() -> None:
+    # The fused check (no list of signers for the usual event) gives the loop's outcome, on
+    # good and bad events alike.
+    keys = KeyRing(
+        {
+            "domain": {KEY_ID: SPEC_KEY.verify_key_bytes},
+            "other.example": {KEY_ID: OTHER_KEY.verify_key_bytes},
+        },
+        derive=False,
+    )
+    message = _signed_event(ROOM_V11)
+    join = _signed_event(
+        ROOM_V11,
+        type="m.room.member",
+        state_key="@alice:domain",
+        content={"membership": "join", "join_authorised_via_users_server": "@a:other.example"},
+    )
+    both = add_hashes_and_signature(join, ROOM_V11, "other.example", OTHER_KEY)
+    plain_join = _signed_event(
+        ROOM_V11, type="m.room.member", state_key="@alice:domain", content={"membership": "join"}
+    )
+    tampered = {**message, "origin_server_ts": 2}  # a signed member
+    join_missing = SignatureReason.MISSING_SIGNATURE
+    cases: list[tuple[dict[str, Any], SignatureReason | None]] = [
+        (message, None),
+        (plain_join, None),
+        (both, None),
+        (join, SignatureReason.MISSING_SIGNATURE),  # the authoriser's server did not sign
+        (tampered, SignatureReason.BAD_SIGNATURE),
+        ({**message, "sender": "@alice:nowhere"}, SignatureReason.MISSING_SIGNATURE),
+        ({**message, "signatures": {"domain": {"ed25519:9": "x"}}}, SignatureReason.UNKNOWN_KEY),
+        ({**message, "signatures": {"domain": {KEY_ID: "!!"}}}, SignatureReason.BAD_ENCODING),
+        ({**message, "signatures": []}, SignatureReason.NO_SIGNATURES),
+        ({**plain_join, "content": []}, SignatureReason.BAD_SIGNATURE),  # content not an object
+        ({**both, "signatures": {"domain": both["signatures"]["domain"]}}, join_missing),
+        ({**message, "sender": 5}, None),  # no signer (the format check drops it first)
+    ]
+    for event, expected in cases:
+        assert _loop_outcome(event, keys) is expected, event
+        assert _fused_outcome(event, keys) is expected, event
+
+
+def test_a_bad_signature_fails_as_verify_key_verify_does() -> None:
+    # `check_json_signature` calls the binding behind `VerifyKey.verify` directly: both accept
+    # and refuse the same signatures.
+    signed = sign_json({"a": 1}, "domain", SPEC_KEY)
+    message = encode_canonical_json({"a": 1})
+    signature = decode_base64(signed["signatures"]["domain"][KEY_ID])
+    SPEC_KEY.verify_key.verify(message, signature)
+    check_json_signature(signed, "domain", SPEC_KEYS, message=message)
+    for flipped in (0, 31, 63):
+        raw = bytearray(signature)
+        raw[flipped] ^= 0x40
+        bad = {**signed, "signatures": {"domain": {KEY_ID: encode_base64(bytes(raw))}}}
+        with pytest.raises(nacl.exceptions.BadSignatureError):
+            SPEC_KEY.verify_key.verify(message, bytes(raw))
+        assert _signature_error(
+            lambda bad=bad: check_json_signature(bad, "domain", SPEC_KEYS, message=message)
+        ) is (SignatureReason.BAD_SIGNATURE)
 
 
 @settings(max_examples=150)

@@ -104,3 +104,14 @@ def test_equality_is_the_equality_of_the_maps(
         assert (a == b) == (a.to_dict() == b.to_dict())
         assert (a == b) == (b == a)
         assert (a == b.to_dict()) == (a.to_dict() == b.to_dict())
+
+
+@given(OPS, st.lists(st.integers(0, 60), max_size=8))
+@settings(max_examples=50, deadline=None)
+def test_pick_takes_the_entries_of_the_keys_the_map_has(
+    ops: list[tuple[int, int]], key_ns: list[int]
+) -> None:
+    keys = [("t", str(n)) for n in key_ns]
+    for snapshot in _history(ops):
+        expected = {key: snapshot[key] for key in keys if key in snapshot}
+        assert snapshot.pick(keys) == expected

@@ -114,8 +114,12 @@ def compute_auth_keys(event: Pdu) -> frozenset[StateKey]:
     keys = event.auth_keys_memo
     if keys is None:
         keys = frozenset(_auth_keys(event.type, event.sender, event.state_key, event.content))
-        object.__setattr__(event, "auth_keys_memo", keys)  # a cache on a frozen value
+        _set_auth_keys_memo(event, keys)  # a cache on a frozen value
     return keys
+
+
+# (The slot's own setter: `object.__setattr__` costs more, once per event.)
+_set_auth_keys_memo = Pdu.__dict__["auth_keys_memo"].__set__
 
 
 def select_auth_events(

@@ -119,15 +119,19 @@ class Pdu:
     auth_keys_memo: frozenset[tuple[str, str]] | None = field(
         default=None, init=False, repr=False, compare=False
     )
+    # `(type, state_key)` for a state event, else None: derived from those two fields when the
+    # value is made (read many times per received event, by the graph, auth and resolution).
+    state_tuple: tuple[str, str] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        state_key = self.state_key
+        object.__setattr__(
+            self, "state_tuple", None if state_key is None else (self.type, state_key)
+        )
 
     @property
     def is_state(self) -> bool:
         return self.state_key is not None
-
-    @property
-    def state_tuple(self) -> tuple[str, str] | None:
-        """`(type, state_key)` for a state event, else None."""
-        return None if self.state_key is None else (self.type, self.state_key)
 
     @property
     def membership(self) -> str | None:
@@ -176,6 +180,7 @@ _new_object = object.__new__
     _set_origin_server_ts,
     _set_json,
     _set_auth_keys_memo,
+    _set_state_tuple,
 ) = (getattr(Pdu, f.name).__set__ for f in fields(Pdu))
 
 
@@ -211,6 +216,7 @@ def _new_pdu(
     _set_origin_server_ts(pdu, origin_server_ts)
     _set_json(pdu, json)
     _set_auth_keys_memo(pdu, None)
+    _set_state_tuple(pdu, None if state_key is None else (event_type, state_key))
     return pdu
 
 

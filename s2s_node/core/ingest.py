@@ -41,12 +41,11 @@ from s2s_node.core.rules import UnsupportedRoomVersionError, rules_for
 from s2s_node.core.signing import (
     KeyLookup,
     SignatureError,
-    check_json_signature,
+    check_event_signatures,
     compute_event_size,
     encode_signing_and_content_hash_bytes,
     encode_signing_bytes,
     is_content_hash_valid,
-    required_signers,
 )
 
 
@@ -153,16 +152,19 @@ def ingest_batch(
         else:
             checked[i] = result
     in_batch = {c.pdu.event_id for c in checked.values()}
+    # Each event was new when checked; only one that is twice in the batch can be known by now.
+    repeats = len(in_batch) < len(checked)
     waiting: dict[EventId, list[int]] = {}  # missing event ID -> batch positions waiting on it
     last_missing: dict[int, MissingEventsError] = {}
     queue = deque(sorted(checked))
     while queue:
         i = queue.popleft()
         item = checked[i]
-        known = graph.admission(item.pdu.event_id)
-        if known is not None:  # the same event twice in one batch
-            verdicts[i] = _verdict(known, redacted=False, duplicate=True)
-            continue
+        if repeats:
+            known = graph.admission(item.pdu.event_id)
+            if known is not None:  # the same event twice in one batch
+                verdicts[i] = _verdict(known, redacted=False, duplicate=True)
+                continue
         try:
             verdicts[i] = _add(item, graph)
         except MissingEventsError as exc:
@@ -248,7 +250,7 @@ def _check_received(
         return _dropped(
             VerdictReason.WRONG_ROOM, pdu.event_id, f"{pdu.room_id} is not {graph.room_id}"
         )
-    admission = graph.admission(pdu.event_id)
+    admission = graph.store.get_admission(pdu.event_id)
     if admission is not None:
         # Same event ID, hence the same redacted event and content hash, as the copy stored
         # after its checks: nothing to do.
@@ -259,8 +261,7 @@ def _check_received(
     if message is None:
         message = encode_signing_bytes(pdu.json, rules)
     try:
-        for server in required_signers(pdu.json):
-            check_json_signature(pdu.json, server, keys, message=message)
+        check_event_signatures(pdu.json, keys, message=message)
     except SignatureError as exc:
         return _dropped(VerdictReason.SIGNATURE, pdu.event_id, str(exc))
     # Step 3: on a content-hash mismatch, go on with the redacted copy.

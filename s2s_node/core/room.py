@@ -180,7 +180,9 @@ class MemoryRoomStore:
         event_id = pdu.event_id
         if event_id in self._pdus:
             raise ValueError(f"{event_id} is already stored")
-        before = StateSnapshot.of(state_before)
+        before = (
+            state_before if type(state_before) is StateSnapshot else StateSnapshot.of(state_before)
+        )
         after = before if state_after is state_before else StateSnapshot.of(state_after)
         current = None if current_state is None else StateSnapshot.of(current_state)
         self._pdus[event_id] = pdu
@@ -266,13 +268,22 @@ class RoomGraph:
         unknown, and `RoomMismatchError` for an event of another room. Adding a known event
         again returns its stored admission and changes nothing.
         """
-        known = self.store.get_admission(pdu.event_id)
+        store = self.store
+        known = store.get_admission(pdu.event_id)
         if known is not None:
             return known
-        self._check_room(pdu)
-        get_pdu = self.store.get_pdu
+        if (
+            pdu.room_id != self.room_id
+            or pdu.rules is not self.rules
+            or pdu.state_tuple == _CREATE_KEY
+        ):
+            self._check_room(pdu)
+        get_pdu = store.get_pdu
         auth_events: dict[EventId, Pdu] = {}
-        missing = [event_id for event_id in pdu.prev_events if get_pdu(event_id) is None]
+        missing: list[EventId] = []
+        for event_id in pdu.prev_events:
+            if get_pdu(event_id) is None:
+                missing.append(event_id)
         for event_id in pdu.auth_event_ids:
             auth_event = get_pdu(event_id)
             if auth_event is None:
@@ -288,31 +299,34 @@ class RoomGraph:
             check_auth(pdu, own_auth)
         except AuthError as exc:
             before = self._compute_state_before(pdu)
-            return self._commit(pdu, before, _failure(pdu, ReceiptCheck.AUTH_EVENTS, exc))
+            failure = _failure(pdu, ReceiptCheck.AUTH_EVENTS, exc)
+            return self._commit(pdu, before, failure, store.get_forward_extremities())
 
         # Step 5: the auth rules against the state before the event (resolved at merges).
         before = self._compute_state_before(pdu)
         auth_keys = compute_auth_keys(pdu)
         before_auth = _pick(before, auth_keys)
-        if before_auth != {key: event.event_id for key, event in own_auth.items()}:
+        if not _cites_same(before_auth, own_auth):
             try:
                 check_auth(pdu, self._load(before_auth))
             except AuthError as exc:
-                return self._commit(pdu, before, _failure(pdu, ReceiptCheck.STATE_BEFORE, exc))
+                failure = _failure(pdu, ReceiptCheck.STATE_BEFORE, exc)
+                return self._commit(pdu, before, failure, store.get_forward_extremities())
 
         # Step 6: the auth rules against the current state; failure means soft-fail.
         # When the event extends exactly the forward extremities, the current state is the
         # state before it, and step 5 decided already.
-        if frozenset(pdu.prev_events) != self.forward_extremities:
-            current_auth = _pick(self.current_state(), auth_keys)
+        extremities = store.get_forward_extremities()
+        if frozenset(pdu.prev_events) != extremities:
+            current_auth = _pick(store.get_current_state(), auth_keys)
             if current_auth != before_auth:
                 try:
                     check_auth(pdu, self._load(current_auth))
                 except AuthError as exc:
                     failure = _failure(pdu, ReceiptCheck.CURRENT_STATE, exc)
-                    return self._commit(pdu, before, failure)
+                    return self._commit(pdu, before, failure, extremities)
 
-        return self._commit(pdu, before, _accepted(pdu.event_id))
+        return self._commit(pdu, before, _accepted(pdu.event_id), extremities)
 
     def _check_room(self, pdu: Pdu) -> None:
         if pdu.room_id != self.room_id or (pdu.rules is not self.rules and pdu.rules != self.rules):
@@ -332,29 +346,49 @@ class RoomGraph:
         """Digest 6.1: the resolution of the states after the prev_events."""
         prev_events = pdu.prev_events
         if len(prev_events) == 1:  # no merge: the state after the one prev_event
+            state = self.store.get_state_after(prev_events[0])
+            if type(state) is StateSnapshot:
+                return state
             return StateSnapshot.of(self.state_after(prev_events[0]))
         return self._resolve([self.state_after(event_id) for event_id in prev_events])
 
-    def _commit(self, pdu: Pdu, before: StateSnapshot, admission: Admission) -> Admission:
+    def _commit(
+        self,
+        pdu: Pdu,
+        before: StateSnapshot,
+        admission: Admission,
+        old: frozenset[EventId],
+    ) -> Admission:
+        """Store `pdu` with its admission; `old` is the forward extremities before it."""
         status = admission.status
+        store = self.store
+        state_tuple = pdu.state_tuple
         # Only state events can be auth events or state. One citing unindexed auth events (a
         # message, an unindexed rejected event) was rejected at step 4 and is never state.
-        if pdu.state_key is not None:
+        if state_tuple is not None:
             try:
-                self.store.auth_chains.add(pdu.event_id, pdu.auth_event_ids)
+                store.auth_chains.add(pdu.event_id, pdu.auth_event_ids)
             except AuthChainError as exc:
                 if exc.reason is not AuthChainReason.AUTH_EVENT_UNKNOWN:
                     raise
         after = before
-        if status is not EventStatus.REJECTED and pdu.state_tuple is not None:
-            after = before.with_entry(pdu.state_tuple, pdu.event_id)
+        if status is not EventStatus.REJECTED and state_tuple is not None:
+            after = before.with_entry(state_tuple, pdu.event_id)
         extremities: frozenset[EventId] | None = None
         current: StateSnapshot | None = None
         if status is EventStatus.ACCEPTED:
-            old = self.forward_extremities
-            extremities = (old - self._superseded_by(pdu)) | {pdu.event_id}
-            current = self._compute_current_state(old, extremities, pdu, after)
-        self.store.commit(
+            prev_events = pdu.prev_events
+            if len(prev_events) == 1 and prev_events[0] in old:
+                # The usual case: the one prev_event was an extremity (so it was accepted, and
+                # `_superseded_by` is just it).
+                kept = set(old)
+                kept.remove(prev_events[0])
+                kept.add(pdu.event_id)
+                extremities = frozenset(kept)
+            else:
+                extremities = (old - self._superseded_by(pdu)) | {pdu.event_id}
+            current = self._compute_current_state(old, extremities, pdu, after, after is before)
+        store.commit(
             pdu=pdu,
             admission=admission,
             state_before=before,
@@ -399,18 +433,25 @@ class RoomGraph:
         new: frozenset[EventId],
         pdu: Pdu,
         after: StateSnapshot,
+        same_as_before: bool,
     ) -> StateSnapshot | None:
-        """The resolution over the new extremities, or None if the set of states is unchanged."""
+        """The resolution over the new extremities, or None if the set of states is unchanged.
+
+        `same_as_before`: `after` is the state before the event (it changed no state).
+        """
         if len(new) == 1:  # the linear case: the event is the only extremity
             return after
-        new_states = _unique(
-            [after, *(self.state_after(e) for e in sorted(new) if e != pdu.event_id)]
-        )
-        old_states = _unique([self.state_after(e) for e in sorted(old)])
-        if len(new_states) == len(old_states) and all(
-            any(s is o or s == o for o in old_states) for s in new_states
-        ):
-            return None
+        state_after = self.state_after
+        event_id = pdu.event_id
+        new_states = _unique([after, *(state_after(e) for e in sorted(new) if e != event_id)])
+        # An event that changed the state holds its own ID in `after`, which no state of an
+        # earlier extremity does: the set of states changed.
+        if same_as_before:
+            old_states = _unique([state_after(e) for e in sorted(old)])
+            if len(new_states) == len(old_states) and all(
+                any(s is o or s == o for o in old_states) for s in new_states
+            ):
+                return None
 
         def get_event(event_id: EventId) -> Pdu:
             return pdu if event_id == pdu.event_id else self.get_event(event_id)
@@ -492,6 +533,8 @@ class RoomGraph:
         )
 
 
+_CREATE_KEY = ("m.room.create", "")
+
 _STATUS_OF_CHECK = {
     ReceiptCheck.AUTH_EVENTS: EventStatus.REJECTED,
     ReceiptCheck.STATE_BEFORE: EventStatus.REJECTED,
@@ -532,12 +575,27 @@ def _failure(pdu: Pdu, check: ReceiptCheck, exc: AuthError) -> Admission:
 
 
 def _pick(state: StateIds, keys: AbstractSet[StateKey]) -> dict[StateKey, EventId]:
+    if type(state) is StateSnapshot:
+        return state.pick(keys)
     picked: dict[StateKey, EventId] = {}
     for key in keys:
         event_id = state.get(key)
         if event_id is not None:
             picked[key] = event_id
     return picked
+
+
+def _cites_same(ids: dict[StateKey, EventId], events: dict[StateKey, Pdu]) -> bool:
+    """`ids == {key: event.event_id for key, event in events.items()}`."""
+    if len(ids) != len(events):
+        return False
+    get = ids.get
+    for key, event in events.items():  # (a loop: cheaper than `all` over a generator)
+        if get(key) != event.event_id:
+            break
+    else:
+        return True
+    return False
 
 
 def _unique(states: list[StateIds]) -> list[StateIds]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -106,6 +107,9 @@ derived_keys: KeyLookup = KeyRing()
 """The node's lookup: the key of every node identifier, derived from the identifier."""
 
 
+_crypto_sign_open = nacl.bindings.crypto_sign_open
+
+
 # ----------------------------------------------------------------------------------------------
 # Signing JSON
 
@@ -176,7 +180,9 @@ def check_json_signature(
         if message is None:
             message = encode_canonical_json(_without(obj, "signatures", "unsigned"))
         try:
-            verify_key.verify(message, signature)
+            # `VerifyKey.verify(message, signature)` without its wrapper: the same binding and
+            # the same `BadSignatureError` (a test pins that both agree).
+            _crypto_sign_open(signature + message, bytes(verify_key))
         except nacl.exceptions.BadSignatureError:
             raise SignatureError(
                 SignatureReason.BAD_SIGNATURE,
@@ -256,14 +262,20 @@ def redact(event: Mapping[str, Any], rules: RoomVersionRules) -> JsonDict:
     if "content" not in event:
         return redacted
     content = event["content"]
-    event_type = event.get("type")
     if type(content) is not dict and not isinstance(content, Mapping):
         redacted["content"] = {}
         return redacted
     # 2. Inside `content`, keep only the keys listed for the event type.
+    redacted["content"] = _redact_content(content, event.get("type"), rules)
+    return redacted
+
+
+def _redact_content(
+    content: Mapping[str, Any], event_type: object, rules: RoomVersionRules
+) -> JsonDict:
+    """Step 2 of `redact`: the kept keys of an event's `content` (a new dict)."""
     if event_type == "m.room.create" and rules.redaction_keeps_all_create_content:
-        redacted["content"] = dict(content)
-        return redacted
+        return dict(content)
     kept_content = _content_kept(event_type, rules)
     new_content: JsonDict = {}
     for key, value in content.items():  # (a loop: cheaper than a comprehension for few keys)
@@ -281,8 +293,7 @@ def redact(event: Mapping[str, Any], rules: RoomVersionRules) -> JsonDict:
             new_content["third_party_invite"] = (
                 {"signed": invite["signed"]} if "signed" in invite else {}
             )
-    redacted["content"] = new_content
-    return redacted
+    return new_content
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,11 +421,12 @@ def _cut_content_hash_form(event: JsonDict, rules: RoomVersionRules) -> tuple[by
             "".join(auth_events)
         except TypeError:  # an item that is not a string
             return None
-    signed_form = redact(event, rules)
+    # `redact(event, rules)` without `signatures` and `unsigned`: every other member is kept.
+    signed_form = dict(event)
     signed_form.pop("signatures", None)
     signed_form.pop("unsigned", None)
+    redacted_content = signed_form["content"] = _redact_content(content, event.get("type"), rules)
     signed = encode_canonical_json_trusted_str(signed_form)
-    redacted_content = signed_form["content"]
     # After `{"auth_events":[...],"content":` (the first `"content":`) come the redacted
     # content, then `,"depth":N,"hashes":{"sha256":"..."}`; the rest is the same in both forms.
     start = signed.find('"content":') + 10
@@ -538,6 +550,30 @@ def _as_mapping(value: object) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def check_event_signatures(
+    event: Mapping[str, Any], keys: KeyLookup, *, message: bytes | None = None
+) -> None:
+    """`check_json_signature` of `event` for each server of `required_signers(event)`, in that
+    order (raises the first `SignatureError`). `message`: as for `check_json_signature`.
+
+    The usual event needs only its sender's server: that case builds no list of signers.
+    """
+    sender = event.get("sender")
+    if type(sender) is str:
+        if event.get("type") != "m.room.member":
+            check_json_signature(event, server_of(sender), keys, message=message)
+            return
+        content = event.get("content")
+        if type(content) is dict and _AUTHORISER not in content:
+            check_json_signature(event, server_of(sender), keys, message=message)
+            return
+    for server in required_signers(event):
+        check_json_signature(event, server, keys, message=message)
+
+
+_AUTHORISER = "join_authorised_via_users_server"
+
+
 def required_signers(event: Mapping[str, Any]) -> list[ServerName]:
     """Servers whose signature an event needs (room versions >= 3).
 
@@ -549,7 +585,7 @@ def required_signers(event: Mapping[str, Any]) -> list[ServerName]:
     if event.get("type") == "m.room.member":
         content = event.get("content")
         if type(content) is dict or isinstance(content, Mapping):
-            via = content.get("join_authorised_via_users_server")
+            via = content.get(_AUTHORISER)
             if isinstance(via, str) and ":" in via and server_of(via) not in servers:
                 servers.append(server_of(via))
     return servers
@@ -586,7 +622,9 @@ def check_event(
     """
     message = encode_signing_bytes(event, rules)
     event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
-    for server in required_signers(event) if signers is None else signers:
+    if signers is None:
+        check_event_signatures(event, keys, message=message)
+    for server in signers or ():
         check_json_signature(event, server, keys, message=message)
     # (As `is_content_hash_valid`, keeping the encoded bytes for the size.)
     hash_form, left_out = _split_content_hash_form(event)

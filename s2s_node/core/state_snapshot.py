@@ -10,7 +10,7 @@ Spec: the state of a room at an event (digest 6.1); DESIGN.md section 5 (storage
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from math import isqrt
 from typing import Any
 
@@ -71,6 +71,20 @@ class StateSnapshot(Mapping[StateKey, EventId]):
             base.update(overlay)
             return _new_snapshot(base, {}, length)
         return _new_snapshot(base, overlay, length)
+
+    def pick(self, keys: Iterable[StateKey]) -> dict[StateKey, EventId]:
+        """The entries of `keys` this map has, as a plain dict (absent keys are left out)."""
+        overlay_get = self._overlay.get
+        base_get = self._base.get
+        picked: dict[StateKey, EventId] = {}
+        for key in keys:
+            event_id = overlay_get(key)
+            if event_id is None:
+                event_id = base_get(key)
+                if event_id is None:
+                    continue
+            picked[key] = event_id
+        return picked
 
     def shares_base_with(self, other: StateSnapshot) -> bool:
         """Whether both maps are overlays of the same base (then `changed_keys` is cheap)."""
