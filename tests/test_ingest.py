@@ -36,7 +36,13 @@ from s2s_node.core.ingest import (
     ingest_pdu,
 )
 from s2s_node.core.room import EventStatus
-from s2s_node.core.signing import add_hashes_and_signature, derived_keys
+from s2s_node.core.signing import (
+    add_hashes_and_signature,
+    derived_keys,
+    is_content_hash_valid,
+    redact,
+    sign_json,
+)
 
 UNKNOWN_EVENT = EventId("$" + "A" * 43)
 
@@ -121,6 +127,31 @@ def test_step3_a_hash_mismatch_is_processed_redacted(room: RoomFixture) -> None:
     stored = room.graph.get_event(pdu.event_id)
     assert stored.content == {}
     assert room.graph.forward_extremities == {pdu.event_id}
+
+
+def test_step3_other_spellings_of_the_content_hash(room: RoomFixture) -> None:
+    # The usual spelling is compared without decoding; a padded one is decoded (as
+    # `is_content_hash_valid` does) and passes too; a wrong hash of a valid spelling does not.
+    pdu = room.message(BOB, "spelled")
+    claimed = pdu.json["hashes"]["sha256"]
+    padded = _resigned({**pdu.json, "hashes": {"sha256": claimed + "="}}, room)
+    assert is_content_hash_valid(padded)
+    verdict = ingest(room, padded)
+    assert (verdict.outcome, verdict.reason, verdict.redacted) == (Outcome.ACCEPTED, None, False)
+    other = ("B" if claimed[0] != "B" else "C") + claimed[1:]
+    wrong = _resigned({**pdu.json, "hashes": {"sha256": other}}, room)
+    assert not is_content_hash_valid(wrong)
+    verdict = ingest(room, wrong)
+    assert (verdict.outcome, verdict.redacted) == (Outcome.ACCEPTED, True)
+
+
+def _resigned(obj: dict[str, Any], room: RoomFixture) -> dict[str, Any]:
+    """`obj` signed again by BOB's server (after a change to a signed member)."""
+    signing_form = redact(obj, room.graph.rules)
+    signing_form.pop("signatures", None)
+    signing_form.pop("unsigned", None)
+    signed = sign_json(signing_form, BOB.split(":", 1)[1], server_key(1))
+    return {**obj, "signatures": signed["signatures"]}
 
 
 def test_step3_a_redacted_state_event_still_changes_state(room: RoomFixture) -> None:

@@ -202,10 +202,9 @@ def _auth_events_if_valid(
         auth_event = auth_events.get(event_id)
         if auth_event is None or auth_event.event_id != event_id:
             return None
-        state_key = auth_event.state_key
-        if state_key is None:
+        key = auth_event.state_tuple
+        if key is None:
             return None
-        key = (auth_event.type, state_key)
         # A key already in `by_key` is a duplicate or (v12) a second create event: neither
         # is allowed.
         if key in by_key or key not in allowed or auth_event.room_id != room_id:

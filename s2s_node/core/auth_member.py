@@ -84,10 +84,15 @@ def check_member_rules(event: Pdu, state: StateMap, create: Pdu, power_levels: P
         )
     sender = event.sender
     sender_member = state.get((_MEMBER, sender))
-    sender_membership = _membership_of(sender_member)
-    target_membership = (
-        sender_membership if target == sender else _membership_of(state.get((_MEMBER, target)))
-    )
+    # (`_membership_of`, in line: this runs for every member event state resolution checks.)
+    sender_membership = None if sender_member is None else sender_member.content.get("membership")
+    if target == sender:
+        target_membership = sender_membership
+    else:
+        target_member = state.get((_MEMBER, target))
+        target_membership = (
+            None if target_member is None else target_member.content.get("membership")
+        )
 
     if membership == "join":  # 4.3
         # 4.3.1 the creator's first join, right after the create event

@@ -280,17 +280,18 @@ class RoomGraph:
             self._check_room(pdu)
         get_pdu = store.get_pdu
         auth_events: dict[EventId, Pdu] = {}
-        missing: list[EventId] = []
+        complete = True
         for event_id in pdu.prev_events:
             if get_pdu(event_id) is None:
-                missing.append(event_id)
+                complete = False
         for event_id in pdu.auth_event_ids:
             auth_event = get_pdu(event_id)
             if auth_event is None:
-                missing.append(event_id)
+                complete = False
             else:
                 auth_events[event_id] = auth_event
-        if missing:
+        if not complete:
+            missing = [e for e in (*pdu.prev_events, *pdu.auth_event_ids) if get_pdu(e) is None]
             raise MissingEventsError(pdu.event_id, tuple(dict.fromkeys(missing)))
 
         # Step 4: the auth rules against the event's own auth_events.
@@ -443,15 +444,19 @@ class RoomGraph:
             return after
         state_after = self.state_after
         event_id = pdu.event_id
-        new_states = _unique([after, *(state_after(e) for e in sorted(new) if e != event_id)])
-        # An event that changed the state holds its own ID in `after`, which no state of an
-        # earlier extremity does: the set of states changed.
+        others = _unique([state_after(e) for e in sorted(new) if e != event_id])
         if same_as_before:
+            new_states = _unique([after, *others])
             old_states = _unique([state_after(e) for e in sorted(old)])
             if len(new_states) == len(old_states) and all(
                 any(s is o or s == o for o in old_states) for s in new_states
             ):
                 return None
+        else:
+            # An event that changed the state holds its own ID in `after`, which no state of
+            # an earlier event does: `after` is a new state, unlike any other, so the set of
+            # states changed.
+            new_states = [after, *others]
 
         def get_event(event_id: EventId) -> Pdu:
             return pdu if event_id == pdu.event_id else self.get_event(event_id)
