@@ -199,15 +199,17 @@ def test_no_input_or_one_input_resolves_to_itself_and_keeps_the_previous_work() 
     initial=st.lists(st.integers(0, 9), max_size=12),
     operations=st.lists(
         st.tuples(
-            st.sampled_from(["insert", "delete", "find"]), st.integers(0, 40), st.integers(0, 9)
+            st.sampled_from(["insert", "delete", "place"]), st.integers(0, 40), st.integers(0, 9)
         ),
         max_size=60,
     ),
 )
-def test_blocked_keys_find_the_first_larger_key_as_a_scan_of_the_list_does(
+def test_blocked_keys_place_a_key_before_the_first_larger_one_as_a_list_does(
     initial: list[int], operations: list[tuple[str, int, int]]
 ) -> None:
-    """The power ordering's key blocks (split at 4 keys here) answer as a plain list would."""
+    """The power ordering's key blocks (split at 4 keys here) answer as a plain list would:
+    a placed key goes before the first larger key at or after the start (at the end if none
+    is), and every answer after inserts, deletes and splits reads the blocks as they are."""
     model = [(value, 0, "") for value in initial]
     blocked = stateres_ordering.BlockedKeys(list(model), size=2)
     for operation, where, value in operations:
@@ -220,9 +222,15 @@ def test_blocked_keys_find_the_first_larger_key_as_a_scan_of_the_list_does(
             j = where % len(model)
             del model[j]
             blocked.delete(j)
-            i = min(i, len(model))
-        want = next((j for j in range(i, len(model)) if key < model[j]), None)
-        assert blocked.first_larger(i, key) == want
+        else:
+            want = next((j for j in range(i, len(model)) if key < model[j]), len(model))
+            assert blocked.insert_before_larger(i, key) == want
+            model.insert(want, key)
+    # The final contents, one placement past the largest key at each start.
+    top = (10, 0, "")
+    for i in range(len(model) + 1):
+        assert blocked.insert_before_larger(i, top) == len(model)
+        blocked.delete(len(model))
 
 
 @settings(max_examples=60, deadline=None)

@@ -141,7 +141,8 @@ def split_state(
         unconflicted = {k: v for k, v in unconflicted.items() if get(k) == v}
     found: set[EventId] = set()
     for state_set in state_sets:
-        found.update(v for k, v in state_set.items() if k not in unconflicted)
+        # The keys outside the unconflicted map, found in C; only their values are read.
+        found.update(state_set[k] for k in state_set.keys() - unconflicted.keys())
     conflicted = frozenset(found)
     return unconflicted, conflicted
 

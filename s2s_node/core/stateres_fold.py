@@ -90,11 +90,13 @@ class AuthCheckFold:
         # (a key no step that passed sets may be missing: its final value is the base's).
         self._finals: dict[StateKey, EventId | None] = {}
 
-    def build(self, steps: Iterable[tuple[Pdu, float]]) -> None:
+    def build(
+        self, steps: Iterable[tuple[Pdu, float]], base_state: Mapping[StateKey, EventId | None]
+    ) -> None:
         """Fill an empty fold with steps in ascending position and run them once, in order
-        (what `update(inserted=...)` would do, without its bookkeeping)."""
+        (what `update(inserted=...)` would do, without its bookkeeping). `base_state` is what
+        `base` answers, as a map (None for a key it lacks), read in C during the run."""
         assert not self.pos
-        base = self.base
         writers = self._writers
         readers = self._readers
         pos = self.pos
@@ -118,16 +120,15 @@ class AuthCheckFold:
                     entries = readers[key] = ([], [])
                 entries[0].append(at)
                 entries[1].append(event_id)
-        state = self._run_in_order(order)
-        self._finals = {key: state.get(key) or base(key) for key in writers}
+        state = self._run_in_order(order, dict(base_state))
+        self._finals = {key: state.get(key) for key in writers}
 
-    def _run_in_order(self, order: Iterable[EventId]) -> dict[StateKey, EventId]:
+    def _run_in_order(
+        self, order: Iterable[EventId], state: dict[StateKey, EventId | None]
+    ) -> dict[StateKey, EventId | None]:
         """Check every step, `order` being all of them in ascending position, as
-        `stateres._iterative_auth_checks` does (the partial state a dict over the base);
-        returns what the steps that passed set."""
-        state: dict[StateKey, EventId] = {}
-        base = self.base
-        has_base = base is not no_base
+        `stateres._iterative_auth_checks` does, `state` being the base as a map, which the
+        steps that pass update and which is returned."""
         records = self._steps
         passed = self._passed
         usable = self._usable
@@ -141,8 +142,6 @@ class AuthCheckFold:
             complete = True
             for key in auth_keys:
                 state_id = state.get(key)
-                if state_id is None and has_base:
-                    state_id = base(key)
                 if state_id is not None:
                     auth_event = usable[state_id]
                     if auth_event is not None:
@@ -179,6 +178,15 @@ class AuthCheckFold:
         """The value of `key` after the last step (as of the end of the last update)."""
         found = self._finals.get(key, _UNSET)
         return self.base(key) if found is _UNSET else found
+
+    def final_state(
+        self, base_state: Mapping[StateKey, EventId | None]
+    ) -> dict[StateKey, EventId | None]:
+        """`final` for every key as a map, `base_state` being what `base` answers as one
+        (a key neither has: None)."""
+        state = dict(base_state)
+        state.update(self._finals)
+        return state
 
     def remap(self, new_positions: Mapping[EventId, float]) -> None:
         """Move every step to a new position, in the same order."""

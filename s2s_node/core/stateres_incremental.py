@@ -283,7 +283,7 @@ class IncrementalResolver:
         unconflicted, conflicted = split_state(plain)
         self._unconflicted = unconflicted
         self._conflicted_values: dict[StateKey, frozenset[EventId]] = {}
-        for key in {k for s in plain for k in s} - unconflicted.keys():
+        for key in set().union(*plain) - unconflicted.keys():
             self._conflicted_values[key] = frozenset(
                 v for s in plain if (v := s.get(key)) is not None
             )
@@ -296,9 +296,12 @@ class IncrementalResolver:
             self._ancestors = self._ancestors_of(self._conflicted)
             self._subgraph = compute_conflicted_subgraph_mask(index, self._conflicted_mask)
         self._full = self._compute_full_mask()
-        self._events: dict[EventId, Pdu] = {}
-        for event_id in index.ids_of(self._full):
-            self._events[event_id] = self._fetch(event_id)
+        # The events of the full conflicted set, fetched from the caller straight into the
+        # (just emptied) cache.
+        get_event = self._caller_get_event
+        assert get_event is not None
+        self._events: dict[EventId, Pdu] = {e: get_event(e) for e in index.ids_of(self._full)}
+        self._pdus.update(self._events)
         self._rebuild_power_ordering()
         result = self._result_from_scratch()
         self._result = StateSnapshot(result)
@@ -327,9 +330,16 @@ class IncrementalResolver:
         self._fold1_leaving = set()
         self._fold1 = AuthCheckFold(base1, self._check_inputs)
         events = self._events
-        self._fold1.build(zip((events[e] for e in order), positions, strict=True))
+        self._fold1.build(
+            zip((events[e] for e in order), positions, strict=True), self._base1_state()
+        )
         self._power = self._new_power_ordering(order, positions)
         self._rebuild_mainline()
+
+    def _base1_state(self) -> Mapping[StateKey, EventId]:
+        """What fold 1's base answers, as a map: the unconflicted state in v2, nothing in v2.1
+        (whose partial state starts empty)."""
+        return {} if self._rules.state_res_starts_empty else self._unconflicted
 
     def _new_power_ordering(self, order: list[EventId], positions: list[float]) -> PowerOrdering:
         return PowerOrdering(order, positions, self._events, self._power_key, self._remap_fold1)
@@ -383,7 +393,7 @@ class IncrementalResolver:
             self._power = self._new_power_ordering(order, positions)
             old_fold = self._fold1
             fold = self._fold1 = AuthCheckFold(old_fold.base, self._check_inputs)
-            fold.build(zip((events[e] for e in order), positions, strict=True))
+            fold.build(zip((events[e] for e in order), positions, strict=True), self._base1_state())
             self._fold2.base = fold.final
             touched = set(base_changed)
             for key in {*old_fold.written_keys(), *fold.written_keys()}:
@@ -414,7 +424,8 @@ class IncrementalResolver:
         self._fold2 = AuthCheckFold(self._fold1.final, self._check_inputs)
         events = self._events
         self._fold2.build(
-            zip((events[EventId(k[2])] for k in keyed), self._mainline_positions, strict=True)
+            zip((events[EventId(k[2])] for k in keyed), self._mainline_positions, strict=True),
+            self._fold1.final_state(self._base1_state()),
         )
 
     def _extend_mainline(self) -> bool:

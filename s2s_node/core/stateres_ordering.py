@@ -14,7 +14,7 @@ among the events whose auth events are all placed, the smallest
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from itertools import compress, count, islice, pairwise
@@ -30,6 +30,7 @@ MIN_GAP = 1e-12
 # A window is spread out only if its positions end up at least this far apart (relative to
 # their size): room for about 20 more halvings before it is crowded again.
 ROOMY_GAP = 1e-6
+_INF = float("inf")
 
 
 def between(low: float | None, high: float | None) -> float | None:
@@ -193,26 +194,44 @@ class BlockedKeys:
         elif key == self._maxima[b]:
             self._maxima[b] = max(block)
 
-    def first_larger(self, start: int, key: PowerKey) -> int | None:
-        """The first index >= `start` whose key is larger than `key` (None if none is)."""
+    def insert_before_larger(self, start: int, key: PowerKey) -> int:
+        """Insert `key` at the first index >= `start` whose key is larger (at the end if none
+        is), skipping the blocks whose largest key is not; returns that index."""
         blocks = self._blocks
         if not blocks:
-            return None
-        b, j = self._locate(start)
+            self.insert(0, key)
+            return 0
+        # The block holding `start` and the index in it (as `_locate`).
+        b = 0
+        j = start
+        last = len(blocks) - 1
+        while b < last and j >= len(blocks[b]):
+            j -= len(blocks[b])
+            b += 1
         offset = start - j
         maxima = self._maxima
         larger = key.__lt__
-        while b < len(blocks):
+        while True:
             block = blocks[b]
             if larger(maxima[b]):
                 # The first larger key of this block at or after j, compared in C.
                 found = next(compress(count(j), map(larger, islice(block, j, None))), None)
                 if found is not None:
-                    return offset + found
+                    break
+            if b == last:
+                found = len(block)  # after every key
+                break
             offset += len(block)
             b += 1
             j = 0
-        return None
+        block.insert(found, key)
+        maxima[b] = max(maxima[b], key)
+        if len(block) > 2 * self._size:
+            half = len(block) // 2
+            low, high = block[:half], block[half:]
+            blocks[b : b + 1] = [low, high]
+            maxima[b : b + 1] = [max(low), max(high)]
+        return offset + found
 
 
 class PowerOrdering:
@@ -271,18 +290,24 @@ class PowerOrdering:
         event_id = event.event_id
         positions = self.positions
         keys = self.keys
-        start = 0
+        children = self.children
+        pos = self.pos
+        after = -_INF  # the position of its last placed parent
         for parent in event.auth_event_ids:
-            self.children.setdefault(parent, set()).add(event_id)
-            at_parent = self.pos.get(parent)
-            if at_parent is not None:
-                start = max(start, bisect_left(positions, at_parent) + 1)
+            siblings = children.get(parent)
+            if siblings is None:
+                children[parent] = {event_id}
+            else:
+                siblings.add(event_id)
+            at_parent = pos.get(parent, -_INF)
+            after = max(after, at_parent)
         if joins:
-            self.refs.update(event.auth_event_ids)
+            refs = self.refs
+            for parent in event.auth_event_ids:
+                refs[parent] = refs.get(parent, 0) + 1
+        # The key goes in first (the positions are spread out, if need be, without it).
+        i = keys.insert_before_larger(bisect_right(positions, after), key)
         n = len(positions)
-        i = keys.first_larger(start, key)
-        if i is None:
-            i = n
         at = between(positions[i - 1] if i > 0 else None, positions[i] if i < n else None)
         if at is None:
             self._respace(i)
@@ -290,8 +315,7 @@ class PowerOrdering:
             assert at is not None
         self.order.insert(i, event_id)
         positions.insert(i, at)
-        keys.insert(i, key)
-        self.pos[event_id] = at
+        pos[event_id] = at
         self.nodes.add(event_id)
         if crowded(positions, i):
             self._crowded.append(event_id)
