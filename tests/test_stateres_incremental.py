@@ -21,7 +21,7 @@ from test_room import _cached_pdus, _topological_order
 from s2s_node.core import stateres_incremental, stateres_ordering
 from s2s_node.core.room import EventStatus, RoomGraph
 from s2s_node.core.state_snapshot import StateSnapshot
-from s2s_node.core.stateres import resolve
+from s2s_node.core.stateres import compute_conflicted_state, resolve
 from s2s_node.core.stateres_incremental import IncrementalResolver
 
 # "tight" makes the rare paths common: every move in the power ordering re-sorts it, and
@@ -125,6 +125,46 @@ def _deliver_and_check(name: str, data: st.DataObject) -> None:
     finally:
         IncrementalResolver.resolve = real  # type: ignore[method-assign]
     assert record.mismatches == []
+
+
+@pytest.mark.parametrize("name", [n for n in bench_room_names() if n.startswith("v12")])
+@given(data=st.data())
+@settings(max_examples=6, deadline=None, derandomize=True)
+def test_the_kept_conflicted_subgraph_and_full_set_are_those_computed_afresh(
+    name: str, data: st.DataObject
+) -> None:
+    """v2.1: after every update, the kept conflicted subgraph (updated only where it can
+    change, with no reverse index of the chains) and full conflicted set are the ones
+    `stateres` computes from the same inputs, in random causal orders."""
+    pdus = _cached_pdus(name)
+    order = data.draw(_topological_order(pdus))
+    differing: list[int] = []
+    calls = 0
+    real = IncrementalResolver.resolve
+
+    def checking(self: IncrementalResolver, state_sets: Any, get_event: Any) -> StateSnapshot:
+        nonlocal calls
+        got = real(self, state_sets, get_event)
+        if len(state_sets) > 1:
+            plain = [dict(s) for s in state_sets]
+            want = compute_conflicted_state(self._rules, plain, self._index)
+            index = self._index
+            if self._subgraph != index.mask_of(
+                want.conflicted_subgraph
+            ) or self._full != index.mask_of(want.full_conflicted_set):
+                differing.append(calls)
+            calls += 1
+        return got
+
+    IncrementalResolver.resolve = checking  # type: ignore[method-assign]
+    try:
+        graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
+        for pdu in order:
+            graph.add(pdu)
+    finally:
+        IncrementalResolver.resolve = real  # type: ignore[method-assign]
+    assert calls > 0
+    assert differing == []
 
 
 def _with_alice_power(version: str, event_type: str, content: dict[str, Any]) -> dict[str, Any]:
