@@ -208,20 +208,32 @@ class IncrementalResolver:
         some other one (its closure is then computed afresh); an old input left without a
         partner adds the keys where it differs from a new one."""
         old_sets = self._sets
-        if len(state_sets) == len(old_sets) and all(
-            new is old
-            or (
-                isinstance(new, StateSnapshot)
-                and isinstance(old, StateSnapshot)
-                and new.shares_base_with(old)
-            )
-            for new, old in zip(state_sets, old_sets, strict=True)
-        ):
-            # The usual case: each input is the one at its place or follows from it. (Any
-            # pairing gives the same result: it only decides what each input is compared with.)
-            return self._changes_against(state_sets, list(range(len(old_sets))), [])
+        if len(state_sets) == len(old_sets):
+            # The usual case: each input is the one at its place or follows from it (shares
+            # its base), compared as it is paired. (Any pairing gives the same result: it only
+            # decides what each input is compared with.)
+            per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]] = []
+            total = 0
+            for new, old in zip(state_sets, old_sets, strict=True):
+                if new is old:
+                    per_set.append([])
+                elif (
+                    isinstance(new, StateSnapshot)
+                    and isinstance(old, StateSnapshot)
+                    and new.shares_base_with(old)
+                ):
+                    keys = old.changed_keys(new)
+                    total += len(keys)
+                    if total > _MAX_CHANGED_KEYS:
+                        return None
+                    per_set.append([(k, old.get(k), new.get(k)) for k in keys])
+                else:
+                    break
+            else:
+                partner: list[int | None] = list(range(len(old_sets)))
+                return _Changes(partner=partner, per_set=per_set, extra_keys=set())
         unpaired = list(range(len(old_sets)))
-        partner: list[int | None] = []
+        partner = []
         for new in state_sets:
             found = next((i for i in unpaired if old_sets[i] is new), None)
             if found is None and isinstance(new, StateSnapshot):
@@ -740,7 +752,8 @@ class IncrementalResolver:
             return self._fold1.update(base_changed=base_changed), [], []
         # Events of the ordering that depend on a leaving or joining one move too.
         moving = power.descendants_of(leaving | joining, excluded=leaving)
-        if len(moving) > _MAX_MOVING:
+        if len(moving) > _MAX_MOVING or 2 * (len(moving) + len(joining)) > len(power.order):
+            # Many move, or most of the ordering: sorting again costs less.
             return self._reorder_power(base_changed)
         for event_id in leaving | moving:
             power.detach(self._fetch(event_id))
