@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from room_fixtures import ALICE, BOB, CAROL, RoomFixture, bench_room_names, load_bench_room
 
+from s2s_node.core.auth import AuthRule
 from s2s_node.core.events import MAX_DEPTH, Pdu, parse_pdu
 from s2s_node.core.ids import EventId
 from s2s_node.core.room import (
@@ -92,6 +93,38 @@ def test_state_before_and_after(room: RoomFixture) -> None:
     assert ("m.room.topic", "") not in before
     assert dict(after) == {**before, ("m.room.topic", ""): topic.event_id}
     assert graph.current_state() == after
+
+
+def test_an_event_citing_a_rejected_auth_event_is_rejected(room: RoomFixture) -> None:
+    # Step 4 asks whether each auth event was rejected (the graph answers for the events it
+    # looked up): bob's rename cites the topic, which a member event may not cite.
+    graph = room.graph
+    topic = room.add(room.build("m.room.topic", ALICE, {"topic": "t"}, state_key=""))
+    bob_member = room.state_id("m.room.member", BOB)
+    cited = [*graph.get_event(bob_member).auth_events, topic.event_id]
+    rename = room.build(
+        "m.room.member",
+        BOB,
+        {"membership": "join", "displayname": "B"},
+        state_key=BOB,
+        auth_events=cited,
+    )
+    admission = graph.add(rename)
+    assert (admission.status, admission.rule) == (
+        EventStatus.REJECTED,
+        AuthRule.AUTH_EVENTS_NOT_SELECTABLE,
+    )
+    # Alice's first join cites only the create event (v10, v11; nothing in v12).
+    auth_events = list(graph.get_event(room.state_id("m.room.member", ALICE)).auth_events)
+    message = room.message(BOB, "hi", auth_events=[*auth_events, rename.event_id])
+    admission = graph.add(message)
+    assert (admission.status, admission.failed_check, admission.rule) == (
+        EventStatus.REJECTED,
+        ReceiptCheck.AUTH_EVENTS,
+        AuthRule.AUTH_EVENTS_REJECTED,
+    )
+    # The same message citing bob's accepted join passes.
+    room.add(room.message(BOB, "ok", auth_events=[*auth_events, bob_member]))
 
 
 def test_a_rejected_state_event_never_changes_state(room: RoomFixture) -> None:

@@ -279,7 +279,10 @@ class RoomGraph:
         ):
             self._check_room(pdu)
         get_pdu = store.get_pdu
+        get_admission = store.get_admission
         auth_events: dict[EventId, Pdu] = {}
+        # The rejected ones among the auth events: all that `check_auth_events` asks about.
+        rejected: set[EventId] | None = None
         complete = True
         for event_id in pdu.prev_events:
             if get_pdu(event_id) is None:
@@ -288,15 +291,22 @@ class RoomGraph:
             auth_event = get_pdu(event_id)
             if auth_event is None:
                 complete = False
-            else:
-                auth_events[event_id] = auth_event
+                continue
+            auth_events[event_id] = auth_event
+            admission = get_admission(event_id)
+            if admission is not None and admission.status is EventStatus.REJECTED:
+                if rejected is None:
+                    rejected = set()
+                rejected.add(event_id)
         if not complete:
             missing = [e for e in (*pdu.prev_events, *pdu.auth_event_ids) if get_pdu(e) is None]
             raise MissingEventsError(pdu.event_id, tuple(dict.fromkeys(missing)))
 
         # Step 4: the auth rules against the event's own auth_events.
         try:
-            own_auth = check_auth_events(pdu, auth_events, self.is_rejected)
+            own_auth = check_auth_events(
+                pdu, auth_events, _NONE_REJECTED if rejected is None else rejected.__contains__
+            )
             check_auth(pdu, own_auth)
         except AuthError as exc:
             before = self._compute_state_before(pdu)
@@ -539,6 +549,7 @@ class RoomGraph:
 
 
 _CREATE_KEY = ("m.room.create", "")
+_NONE_REJECTED: Callable[[object], bool] = frozenset().__contains__
 
 _STATUS_OF_CHECK = {
     ReceiptCheck.AUTH_EVENTS: EventStatus.REJECTED,
