@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from room_fixtures import ALICE, BOB, CAROL, RoomFixture, bench_room_names, user
 from test_room import _cached_pdus, _topological_order
 
-from s2s_node.core import stateres_incremental, stateres_ordering
+from s2s_node.core import stateres_conflicted, stateres_incremental, stateres_ordering
 from s2s_node.core.room import EventStatus, RoomGraph
 from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import compute_conflicted_state, resolve
@@ -28,7 +28,7 @@ from s2s_node.core.stateres_incremental import IncrementalResolver
 # positions are renumbered as soon as two get within 20% of each other.
 TIGHT = {
     (stateres_incremental, "_MAX_MOVING"): 0,
-    (stateres_incremental, "_MAX_CHANGED_KEYS"): 40,
+    (stateres_conflicted, "MAX_CHANGED_KEYS"): 40,
     (stateres_ordering, "MIN_GAP"): 0.2,
 }
 
@@ -149,9 +149,10 @@ def test_the_kept_conflicted_subgraph_and_full_set_are_those_computed_afresh(
             plain = [dict(s) for s in state_sets]
             want = compute_conflicted_state(self._rules, plain, self._index)
             index = self._index
-            if self._subgraph != index.mask_of(
+            kept = self._conflicted
+            if kept.subgraph != index.mask_of(
                 want.conflicted_subgraph
-            ) or self._full != index.mask_of(want.full_conflicted_set):
+            ) or kept.full != index.mask_of(want.full_conflicted_set):
                 differing.append(calls)
             calls += 1
         return got

@@ -37,8 +37,7 @@ recomputed from scratch, the same way; so is the first call.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 
 from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
@@ -50,7 +49,6 @@ from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import (
     GetEvent,
     IsRejected,
-    compute_conflicted_subgraph_mask,
     compute_lexicographic_topological_order,
     compute_mainline,
     compute_mainline_depth,
@@ -58,8 +56,8 @@ from s2s_node.core.stateres import (
     compute_sender_power,
     is_power_event,
     power_levels_auth_event,
-    split_state,
 )
+from s2s_node.core.stateres_conflicted import ConflictedState, InputChanges
 from s2s_node.core.stateres_fold import AuthCheckFold, CheckInputs, Memo, no_base
 from s2s_node.core.stateres_ordering import (
     PowerOrdering,
@@ -70,51 +68,7 @@ from s2s_node.core.stateres_ordering import (
     spread_positions,
 )
 
-_MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, recompute from scratch
 _MAX_MOVING = 128  # beyond this many events to re-place in the power ordering, re-sort it
-
-
-@dataclass(slots=True, kw_only=True)
-class _Changes:
-    """How new inputs differ from the previous call's: `partner[i]` is the old input the
-    i-th new one was compared with (None: compared with the first, closure recomputed),
-    `per_set[i]` its (key, old event, new event) changes, `extra_keys` the keys where an
-    old input without a partner differs."""
-
-    partner: list[int | None]
-    per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]]
-    extra_keys: set[StateKey]
-
-
-def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId]) -> list[StateKey]:
-    if old is new:
-        return []
-    if isinstance(old, StateSnapshot) and isinstance(new, StateSnapshot):
-        return old.changed_keys(new)
-    return [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
-
-
-def _positions_of(mask: int) -> list[int]:
-    """`AuthChainIndex.positions_of` for a mask with few bits (an update's usual change),
-    without writing out the whole mask."""
-    positions: list[int] = []
-    while mask:
-        low = mask & -mask
-        positions.append(low.bit_length() - 1)
-        mask ^= low
-    return positions
-
-
-def _ids_of(index: AuthChainIndex, mask: int) -> list[EventId]:
-    if mask.bit_count() > 16:
-        return index.ids_of(mask)
-    id_at = index.id_at
-    return [id_at(p) for p in _positions_of(mask)]
-
-
-def _plain(state: Mapping[StateKey, EventId]) -> dict[StateKey, EventId]:
-    """A state map as a plain dict (a snapshot's in C, not key by key)."""
-    return state.to_dict() if isinstance(state, StateSnapshot) else dict(state)
 
 
 def _without(snapshot: StateSnapshot, key: StateKey) -> StateSnapshot:
@@ -186,7 +140,7 @@ class IncrementalResolver:
         self._caller_get_event = get_event
         try:
             if self._valid:
-                changes = self._input_changes(state_sets)
+                changes = self._conflicted.changes(state_sets)
                 if changes is not None:
                     # Half-updated structures are never reused: valid again only on success.
                     self._valid = False
@@ -202,82 +156,6 @@ class IncrementalResolver:
         finally:
             self._caller_get_event = None
 
-    def _input_changes(self, state_sets: Sequence[Mapping[StateKey, EventId]]) -> _Changes | None:
-        """Pair the new inputs with the old ones (the same map, or one sharing its base) and
-        list what changed; None if too much did. An input without a partner is compared with
-        some other one (its closure is then computed afresh); an old input left without a
-        partner adds the keys where it differs from a new one."""
-        old_sets = self._sets
-        if len(state_sets) == len(old_sets):
-            # The usual case: each input is the one at its place or follows from it (shares
-            # its base), compared as it is paired. (Any pairing gives the same result: it only
-            # decides what each input is compared with.)
-            per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]] = []
-            total = 0
-            for new, old in zip(state_sets, old_sets, strict=True):
-                if new is old:
-                    per_set.append([])
-                elif (
-                    isinstance(new, StateSnapshot)
-                    and isinstance(old, StateSnapshot)
-                    and new.shares_base_with(old)
-                ):
-                    keys = old.changed_keys(new)
-                    total += len(keys)
-                    if total > _MAX_CHANGED_KEYS:
-                        return None
-                    per_set.append([(k, old.get(k), new.get(k)) for k in keys])
-                else:
-                    break
-            else:
-                partner: list[int | None] = list(range(len(old_sets)))
-                return _Changes(partner=partner, per_set=per_set, extra_keys=set())
-        unpaired = list(range(len(old_sets)))
-        partner = []
-        for new in state_sets:
-            found = next((i for i in unpaired if old_sets[i] is new), None)
-            if found is None and isinstance(new, StateSnapshot):
-                found = next(
-                    (
-                        i
-                        for i in unpaired
-                        if isinstance(old_sets[i], StateSnapshot)
-                        and new.shares_base_with(old_sets[i])  # type: ignore[arg-type]
-                    ),
-                    None,
-                )
-            if found is not None:
-                unpaired.remove(found)
-            partner.append(found)
-        for i, found in enumerate(partner):
-            if found is None and unpaired and len(state_sets) == len(old_sets):
-                partner[i] = unpaired.pop(0)
-        return self._changes_against(state_sets, partner, unpaired)
-
-    def _changes_against(
-        self,
-        state_sets: Sequence[Mapping[StateKey, EventId]],
-        partner: list[int | None],
-        unpaired: list[int],
-    ) -> _Changes | None:
-        old_sets = self._sets
-        changes = _Changes(partner=partner, per_set=[], extra_keys=set())
-        total = 0
-        for new, found in zip(state_sets, partner, strict=True):
-            old = old_sets[0 if found is None else found]
-            keys = _diff_keys(old, new)
-            total += len(keys)
-            if total > _MAX_CHANGED_KEYS:
-                return None
-            changes.per_set.append([(k, old.get(k), new.get(k)) for k in keys])
-        for i in unpaired:
-            keys = _diff_keys(old_sets[i], state_sets[0])
-            total += len(keys)
-            if total > _MAX_CHANGED_KEYS:
-                return None
-            changes.extra_keys.update(keys)
-        return changes
-
     # -- from scratch
 
     def _rebuild(self, state_sets: Sequence[Mapping[StateKey, EventId]]) -> StateSnapshot:
@@ -290,55 +168,26 @@ class IncrementalResolver:
         self._power_events.clear()
         self._power_key_of = {}
         self._check_inputs = CheckInputs(self._get_event, self._is_rejected)
-        self._sets = list(state_sets)
-        plain = [_plain(s) for s in state_sets]
-        unconflicted, conflicted = split_state(plain)
-        self._unconflicted = unconflicted
-        self._conflicted_values: dict[StateKey, frozenset[EventId]] = {}
-        for key in set().union(*plain) - unconflicted.keys():
-            self._conflicted_values[key] = frozenset(
-                v for s in plain if (v := s.get(key)) is not None
-            )
-        self._conflicted = set(conflicted)
-        self._conflicted_mask = index.mask_of(conflicted)
-        self._closures = [index.closure_mask(s.values()) for s in plain]
-        self._subgraph = 0
-        self._ancestors = 0
-        if rules.state_res_conflicted_subgraph:
-            self._ancestors = self._ancestors_of(self._conflicted)
-            self._subgraph = compute_conflicted_subgraph_mask(index, self._conflicted_mask)
-        self._full = self._compute_full_mask()
+        self._conflicted = ConflictedState(rules, index)
+        self._conflicted.build(state_sets)
         # The events of the full conflicted set, fetched from the caller straight into the
         # (just emptied) cache.
         get_event = self._caller_get_event
         assert get_event is not None
-        self._events: dict[EventId, Pdu] = {e: get_event(e) for e in index.ids_of(self._full)}
+        self._events: dict[EventId, Pdu] = {
+            e: get_event(e) for e in index.ids_of(self._conflicted.full)
+        }
         self._pdus.update(self._events)
         self._rebuild_power_ordering()
         result = self._result_from_scratch()
         self._result = StateSnapshot(result)
         return self._result
 
-    def _ancestors_of(self, event_ids: Iterable[EventId]) -> int:
-        index = self._index
-        mask = 0
-        for event_id in event_ids:
-            mask |= index.chain_mask(event_id)
-        return mask
-
-    def _compute_full_mask(self) -> int:
-        union = 0
-        intersection = -1
-        for closure in self._closures:
-            union |= closure
-            intersection &= closure
-        return self._conflicted_mask | (union & ~intersection) | self._subgraph
-
     def _rebuild_power_ordering(self) -> None:
         """Steps 1 and 2 from scratch, then steps 3 and 4 (`_rebuild_mainline`)."""
         order = self._sorted_power_order()
         positions = [float(i) for i in range(len(order))]
-        base1 = no_base if self._rules.state_res_starts_empty else self._unconflicted.get
+        base1 = no_base if self._rules.state_res_starts_empty else self._conflicted.unconflicted.get
         self._fold1_leaving = set()
         self._fold1 = AuthCheckFold(base1, self._check_inputs)
         events = self._events
@@ -351,7 +200,7 @@ class IncrementalResolver:
     def _base1_state(self) -> Mapping[StateKey, EventId]:
         """What fold 1's base answers, as a map: the unconflicted state in v2, nothing in v2.1
         (whose partial state starts empty)."""
-        return {} if self._rules.state_res_starts_empty else self._unconflicted
+        return {} if self._rules.state_res_starts_empty else self._conflicted.unconflicted
 
     def _new_power_ordering(self, order: list[EventId], positions: list[float]) -> PowerOrdering:
         return PowerOrdering(order, positions, self._events, self._power_key, self._remap_fold1)
@@ -469,7 +318,7 @@ class IncrementalResolver:
         return (depth, event.origin_server_ts, event.event_id)
 
     def _final(self, key: StateKey) -> EventId | None:
-        found = self._unconflicted.get(key)
+        found = self._conflicted.unconflicted.get(key)
         return self._fold2.final(key) if found is None else found
 
     def _result_from_scratch(self) -> dict[StateKey, EventId]:
@@ -481,7 +330,7 @@ class IncrementalResolver:
         if not self._rules.state_res_starts_empty:
             # v2: the folds start from the unconflicted state, which step 5 restores anyway.
             pass
-        result.update(self._unconflicted)
+        result.update(self._conflicted.unconflicted)
         return result
 
     # -- from the previous call
@@ -489,76 +338,10 @@ class IncrementalResolver:
     def _update(
         self,
         state_sets: Sequence[Mapping[StateKey, EventId]],
-        changes: _Changes,
+        changes: InputChanges,
     ) -> StateSnapshot:
-        index = self._index
-        self._sets = list(state_sets)
-
-        # Unconflicted state and conflicted set, for the changed keys only.
-        changed_keys = {key for per_set in changes.per_set for key, _old, _new in per_set}
-        changed_keys |= changes.extra_keys
-        added: set[EventId] = set()
-        removed: set[EventId] = set()
-        unconflicted_changed: list[StateKey] = []
-        for key in changed_keys:
-            values = [s.get(key) for s in state_sets]
-            before_u = self._unconflicted.get(key)
-            before_c = self._conflicted_values.get(key, frozenset())
-            first = values[0]
-            if first is not None and all(v == first for v in values):
-                after_u: EventId | None = first
-                after_c: frozenset[EventId] = frozenset()
-            else:
-                after_u = None
-                after_c = frozenset(v for v in values if v is not None)
-            if after_u != before_u:
-                unconflicted_changed.append(key)
-                if after_u is None:
-                    del self._unconflicted[key]
-                else:
-                    self._unconflicted[key] = after_u
-            if after_c != before_c:
-                if after_c:
-                    self._conflicted_values[key] = after_c
-                else:
-                    del self._conflicted_values[key]
-                removed |= before_c - after_c
-                added |= after_c - before_c
-        self._conflicted -= removed
-        self._conflicted |= added
-        self._conflicted_mask &= ~index.mask_of(removed)
-        self._conflicted_mask |= index.mask_of(added)
-
-        # Each input's closure: grown by a new event whose closure holds the one it replaced.
-        old_closures = self._closures
-        self._closures = []
-        for i, per_set in enumerate(changes.per_set):
-            found = changes.partner[i]
-            if found is None:
-                self._closures.append(index.closure_mask(_plain(state_sets[i]).values()))
-                continue
-            closure = old_closures[found]
-            exact = True
-            for _key, old, new in per_set:
-                if new is not None:
-                    p = index.position(new)
-                    closure |= (1 << p) | index.chain_mask_at(p)
-                if old is not None and not (
-                    new is not None and index.chain_mask(new) >> index.position(old) & 1
-                ):
-                    exact = False
-            self._closures.append(
-                closure if exact else index.closure_mask(_plain(state_sets[i]).values())
-            )
-
-        if self._rules.state_res_conflicted_subgraph and (added or removed):
-            self._update_subgraph(added, removed)
-
-        # The full conflicted set and what entered or left it.
-        old_full = self._full
-        self._full = self._compute_full_mask()
-        entered = _ids_of(index, self._full & ~old_full)  # parents first
-        left = _ids_of(index, old_full & ~self._full)
+        # The unconflicted state, conflicted set and full conflicted set.
+        unconflicted_changed, entered, left = self._conflicted.update(state_sets, changes)
         for event_id in entered:
             self._events[event_id] = self._fetch(event_id)
 
@@ -648,61 +431,6 @@ class IncrementalResolver:
                 snapshot = snapshot.with_entry(key, value)
         self._result = snapshot
         return snapshot
-
-    def _update_subgraph(self, added: set[EventId], removed: set[EventId]) -> None:
-        """v2.1 conflicted subgraph after the conflicted set gained `added` and lost `removed`.
-
-        Subgraph = C ∪ {x ∈ ancestors(C) : chain(x) ∩ C ≠ ∅}. Only the added and removed
-        events, events entering or leaving ancestors(C), and some events whose chain holds an
-        added or removed event (below) can change; no reverse index of the chains is needed.
-        """
-        index = self._index
-        old_ancestors = self._ancestors
-        ancestors = old_ancestors
-        added_chains = 0
-        for event_id in added:
-            added_chains |= index.chain_mask(event_id)
-        ancestors |= added_chains
-        if any(not added_chains >> index.position(r) & 1 for r in removed):
-            ancestors = self._ancestors_of(self._conflicted)
-        self._ancestors = ancestors
-        conflicted = self._conflicted_mask
-        changed = ancestors ^ old_ancestors
-        affected = set(
-            index.positions_of(changed) if changed.bit_count() > 16 else _positions_of(changed)
-        )
-        # An event x whose chain holds an added or removed event e can change its membership
-        # only if chain(x) meets the conflicted set on one side and not the other. When
-        # chain(e) holds an event conflicted on both sides, chain(x) (a superset) meets both;
-        # otherwise, x can leave (e removed) only if it was in the subgraph and is no longer
-        # conflicted, or join (e added) only if it was not and is an ancestor now: just those
-        # events above e (descendants are indexed after it) are looked at.
-        old_subgraph = self._subgraph
-        stable = conflicted & ~index.mask_of(added)
-        for event_id in added | removed:
-            p = index.position(event_id)
-            affected.add(p)
-            if index.chain_mask_at(p) & stable:
-                continue
-            if event_id in added:
-                candidates = ancestors & ~old_subgraph
-            else:
-                candidates = old_subgraph & ~conflicted
-            candidates >>= p + 1
-            for offset in (
-                index.positions_of(candidates)
-                if candidates.bit_count() > 16
-                else _positions_of(candidates)
-            ):
-                q = offset + p + 1
-                if index.chain_mask_at(q) >> p & 1:
-                    affected.add(q)
-        subgraph = old_subgraph
-        for p in affected:
-            bit = 1 << p
-            inside = conflicted & bit or (ancestors & bit and index.chain_mask_at(p) & conflicted)
-            subgraph = subgraph | bit if inside else subgraph & ~bit
-        self._subgraph = subgraph
 
     def _update_power_ordering(
         self, entered: list[EventId], left: set[EventId], base_changed: list[StateKey]

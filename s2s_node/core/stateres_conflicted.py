@@ -1,0 +1,349 @@
+"""The conflicted part of the incremental resolver's inputs, kept from one call to the next.
+
+Owns: `ConflictedState`, which holds for the state maps of the previous call their unconflicted
+state, conflicted set, each input's closure (its events and their auth chains, as a mask), the
+v2.1 conflicted subgraph and the full conflicted set, and brings them up to date for new maps
+that differ in a few keys (`changes`, then `update`). Must not: order or check events (the
+resolver in `core.stateres_incremental` does), fetch events, or do I/O.
+
+Spec: digest section 6 (state resolution v2 and v2.1): unconflicted state map and conflicted
+state set, auth difference, conflicted subgraph (v2.1), full conflicted set; as
+`core.stateres` computes them from scratch.
+
+- unconflicted state and conflicted set: only the changed keys are looked at again;
+- auth difference: each input's closure grows by the new event's closure when the event it
+  replaces is in that closure (a state event cites the event it supersedes for memberships
+  and power levels), and is recomputed otherwise;
+- v2.1 conflicted subgraph: membership is re-decided only for events whose auth chain holds a
+  conflicted event that came or went, and for the new ancestors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from s2s_node.core.auth import StateKey
+from s2s_node.core.authchain import AuthChainIndex
+from s2s_node.core.ids import EventId
+from s2s_node.core.rules import RoomVersionRules
+from s2s_node.core.state_snapshot import StateSnapshot
+from s2s_node.core.stateres import compute_conflicted_subgraph_mask, split_state
+
+MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, `changes` gives up (None)
+
+
+@dataclass(slots=True, kw_only=True)
+class InputChanges:
+    """How new inputs differ from the previous call's: `partner[i]` is the old input the
+    i-th new one was compared with (None: compared with the first, closure recomputed),
+    `per_set[i]` its (key, old event, new event) changes, `extra_keys` the keys where an
+    old input without a partner differs."""
+
+    partner: list[int | None]
+    per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]]
+    extra_keys: set[StateKey]
+
+
+def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId]) -> list[StateKey]:
+    if old is new:
+        return []
+    if isinstance(old, StateSnapshot) and isinstance(new, StateSnapshot):
+        return old.changed_keys(new)
+    return [k for k in old.keys() | new.keys() if old.get(k) != new.get(k)]
+
+
+def _positions_of(mask: int) -> list[int]:
+    """`AuthChainIndex.positions_of` for a mask with few bits (an update's usual change),
+    without writing out the whole mask."""
+    positions: list[int] = []
+    while mask:
+        low = mask & -mask
+        positions.append(low.bit_length() - 1)
+        mask ^= low
+    return positions
+
+
+def ids_of(index: AuthChainIndex, mask: int) -> list[EventId]:
+    """`index.ids_of(mask)` (parents first), bit by bit when the mask has few bits."""
+    if mask.bit_count() > 16:
+        return index.ids_of(mask)
+    id_at = index.id_at
+    return [id_at(p) for p in _positions_of(mask)]
+
+
+def plain_state(state: Mapping[StateKey, EventId]) -> dict[StateKey, EventId]:
+    """A state map as a plain dict (a snapshot's in C, not key by key)."""
+    return state.to_dict() if isinstance(state, StateSnapshot) else dict(state)
+
+
+class ConflictedState:
+    """Unconflicted state, conflicted set, closures, v2.1 subgraph and full conflicted set of
+    the state maps last given to `build` or `update` (`sets`)."""
+
+    def __init__(self, rules: RoomVersionRules, index: AuthChainIndex) -> None:
+        self._rules = rules
+        self._index = index
+        self.sets: list[Mapping[StateKey, EventId]] = []
+        self.unconflicted: dict[StateKey, EventId] = {}
+        self.full = 0  # the full conflicted set, as a mask over the index
+        self._conflicted_values: dict[StateKey, frozenset[EventId]] = {}
+        self._conflicted: set[EventId] = set()
+        self._conflicted_mask = 0
+        self._closures: list[int] = []
+        self._subgraph = 0
+        self._ancestors = 0
+
+    @property
+    def subgraph(self) -> int:
+        """The v2.1 conflicted subgraph, as a mask over the index (0 before v2.1)."""
+        return self._subgraph
+
+    def build(self, state_sets: Sequence[Mapping[StateKey, EventId]]) -> None:
+        """Everything from scratch for `state_sets`."""
+        index = self._index
+        self.sets = list(state_sets)
+        plain = [plain_state(s) for s in state_sets]
+        unconflicted, conflicted = split_state(plain)
+        self.unconflicted = unconflicted
+        self._conflicted_values = {}
+        for key in set().union(*plain) - unconflicted.keys():
+            self._conflicted_values[key] = frozenset(
+                v for s in plain if (v := s.get(key)) is not None
+            )
+        self._conflicted = set(conflicted)
+        self._conflicted_mask = index.mask_of(conflicted)
+        self._closures = [index.closure_mask(s.values()) for s in plain]
+        self._subgraph = 0
+        self._ancestors = 0
+        if self._rules.state_res_conflicted_subgraph:
+            self._ancestors = self._ancestors_of(self._conflicted)
+            self._subgraph = compute_conflicted_subgraph_mask(index, self._conflicted_mask)
+        self.full = self._compute_full_mask()
+
+    def changes(self, state_sets: Sequence[Mapping[StateKey, EventId]]) -> InputChanges | None:
+        """Pair the new inputs with the old ones (the same map, or one sharing its base) and
+        list what changed; None if too much did. An input without a partner is compared with
+        some other one (its closure is then computed afresh); an old input left without a
+        partner adds the keys where it differs from a new one."""
+        old_sets = self.sets
+        if len(state_sets) == len(old_sets):
+            # The usual case: each input is the one at its place or follows from it (shares
+            # its base), compared as it is paired. (Any pairing gives the same result: it only
+            # decides what each input is compared with.)
+            per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]] = []
+            total = 0
+            for new, old in zip(state_sets, old_sets, strict=True):
+                if new is old:
+                    per_set.append([])
+                elif (
+                    isinstance(new, StateSnapshot)
+                    and isinstance(old, StateSnapshot)
+                    and new.shares_base_with(old)
+                ):
+                    keys = old.changed_keys(new)
+                    total += len(keys)
+                    if total > MAX_CHANGED_KEYS:
+                        return None
+                    per_set.append([(k, old.get(k), new.get(k)) for k in keys])
+                else:
+                    break
+            else:
+                partner: list[int | None] = list(range(len(old_sets)))
+                return InputChanges(partner=partner, per_set=per_set, extra_keys=set())
+        unpaired = list(range(len(old_sets)))
+        partner = []
+        for new in state_sets:
+            found = next((i for i in unpaired if old_sets[i] is new), None)
+            if found is None and isinstance(new, StateSnapshot):
+                found = next(
+                    (
+                        i
+                        for i in unpaired
+                        if isinstance(old_sets[i], StateSnapshot)
+                        and new.shares_base_with(old_sets[i])  # type: ignore[arg-type]
+                    ),
+                    None,
+                )
+            if found is not None:
+                unpaired.remove(found)
+            partner.append(found)
+        for i, found in enumerate(partner):
+            if found is None and unpaired and len(state_sets) == len(old_sets):
+                partner[i] = unpaired.pop(0)
+        return self._changes_against(state_sets, partner, unpaired)
+
+    def _changes_against(
+        self,
+        state_sets: Sequence[Mapping[StateKey, EventId]],
+        partner: list[int | None],
+        unpaired: list[int],
+    ) -> InputChanges | None:
+        old_sets = self.sets
+        changes = InputChanges(partner=partner, per_set=[], extra_keys=set())
+        total = 0
+        for new, found in zip(state_sets, partner, strict=True):
+            old = old_sets[0 if found is None else found]
+            keys = _diff_keys(old, new)
+            total += len(keys)
+            if total > MAX_CHANGED_KEYS:
+                return None
+            changes.per_set.append([(k, old.get(k), new.get(k)) for k in keys])
+        for i in unpaired:
+            keys = _diff_keys(old_sets[i], state_sets[0])
+            total += len(keys)
+            if total > MAX_CHANGED_KEYS:
+                return None
+            changes.extra_keys.update(keys)
+        return changes
+
+    def update(
+        self, state_sets: Sequence[Mapping[StateKey, EventId]], changes: InputChanges
+    ) -> tuple[list[StateKey], list[EventId], list[EventId]]:
+        """Bring everything up to date for `state_sets` (with `changes` from `changes`).
+
+        Returns the keys whose unconflicted value changed, and the events that entered and
+        that left the full conflicted set (parents first).
+        """
+        index = self._index
+        self.sets = list(state_sets)
+
+        # Unconflicted state and conflicted set, for the changed keys only.
+        changed_keys = {key for per_set in changes.per_set for key, _old, _new in per_set}
+        changed_keys |= changes.extra_keys
+        added: set[EventId] = set()
+        removed: set[EventId] = set()
+        unconflicted_changed: list[StateKey] = []
+        for key in changed_keys:
+            values = [s.get(key) for s in state_sets]
+            before_u = self.unconflicted.get(key)
+            before_c = self._conflicted_values.get(key, frozenset())
+            first = values[0]
+            if first is not None and all(v == first for v in values):
+                after_u: EventId | None = first
+                after_c: frozenset[EventId] = frozenset()
+            else:
+                after_u = None
+                after_c = frozenset(v for v in values if v is not None)
+            if after_u != before_u:
+                unconflicted_changed.append(key)
+                if after_u is None:
+                    del self.unconflicted[key]
+                else:
+                    self.unconflicted[key] = after_u
+            if after_c != before_c:
+                if after_c:
+                    self._conflicted_values[key] = after_c
+                else:
+                    del self._conflicted_values[key]
+                removed |= before_c - after_c
+                added |= after_c - before_c
+        self._conflicted -= removed
+        self._conflicted |= added
+        self._conflicted_mask &= ~index.mask_of(removed)
+        self._conflicted_mask |= index.mask_of(added)
+
+        # Each input's closure: grown by a new event whose closure holds the one it replaced.
+        old_closures = self._closures
+        self._closures = []
+        for i, per_set in enumerate(changes.per_set):
+            found = changes.partner[i]
+            if found is None:
+                self._closures.append(index.closure_mask(plain_state(state_sets[i]).values()))
+                continue
+            closure = old_closures[found]
+            exact = True
+            for _key, old, new in per_set:
+                if new is not None:
+                    p = index.position(new)
+                    closure |= (1 << p) | index.chain_mask_at(p)
+                if old is not None and not (
+                    new is not None and index.chain_mask(new) >> index.position(old) & 1
+                ):
+                    exact = False
+            self._closures.append(
+                closure if exact else index.closure_mask(plain_state(state_sets[i]).values())
+            )
+
+        if self._rules.state_res_conflicted_subgraph and (added or removed):
+            self._update_subgraph(added, removed)
+
+        # The full conflicted set and what entered or left it.
+        old_full = self.full
+        self.full = self._compute_full_mask()
+        entered = ids_of(index, self.full & ~old_full)  # parents first
+        left = ids_of(index, old_full & ~self.full)
+        return unconflicted_changed, entered, left
+
+    def _ancestors_of(self, event_ids: Iterable[EventId]) -> int:
+        index = self._index
+        mask = 0
+        for event_id in event_ids:
+            mask |= index.chain_mask(event_id)
+        return mask
+
+    def _compute_full_mask(self) -> int:
+        union = 0
+        intersection = -1
+        for closure in self._closures:
+            union |= closure
+            intersection &= closure
+        return self._conflicted_mask | (union & ~intersection) | self._subgraph
+
+    def _update_subgraph(self, added: set[EventId], removed: set[EventId]) -> None:
+        """v2.1 conflicted subgraph after the conflicted set gained `added` and lost `removed`.
+
+        Subgraph = C ∪ {x ∈ ancestors(C) : chain(x) ∩ C ≠ ∅}. Only the added and removed
+        events, events entering or leaving ancestors(C), and some events whose chain holds an
+        added or removed event (below) can change; no reverse index of the chains is needed.
+        """
+        index = self._index
+        old_ancestors = self._ancestors
+        ancestors = old_ancestors
+        added_chains = 0
+        for event_id in added:
+            added_chains |= index.chain_mask(event_id)
+        ancestors |= added_chains
+        if any(not added_chains >> index.position(r) & 1 for r in removed):
+            ancestors = self._ancestors_of(self._conflicted)
+        self._ancestors = ancestors
+        conflicted = self._conflicted_mask
+        changed = ancestors ^ old_ancestors
+        affected = set(
+            index.positions_of(changed) if changed.bit_count() > 16 else _positions_of(changed)
+        )
+        # An event x whose chain holds an added or removed event e can change its membership
+        # only if chain(x) meets the conflicted set on one side and not the other. When
+        # chain(e) holds an event conflicted on both sides, chain(x) (a superset) meets both;
+        # otherwise, x can leave (e removed) only if it was in the subgraph and is no longer
+        # conflicted, or join (e added) only if it was not and is an ancestor now: just those
+        # events above e (descendants are indexed after it) are looked at.
+        old_subgraph = self._subgraph
+        stable = conflicted & ~index.mask_of(added)
+        for event_id in added | removed:
+            p = index.position(event_id)
+            affected.add(p)
+            if index.chain_mask_at(p) & stable:
+                continue
+            if event_id in added:
+                candidates = ancestors & ~old_subgraph
+            else:
+                candidates = old_subgraph & ~conflicted
+            candidates >>= p + 1
+            for offset in (
+                index.positions_of(candidates)
+                if candidates.bit_count() > 16
+                else _positions_of(candidates)
+            ):
+                q = offset + p + 1
+                if index.chain_mask_at(q) >> p & 1:
+                    affected.add(q)
+        subgraph = old_subgraph
+        for p in affected:
+            bit = 1 << p
+            inside = conflicted & bit or (ancestors & bit and index.chain_mask_at(p) & conflicted)
+            subgraph = subgraph | bit if inside else subgraph & ~bit
+        self._subgraph = subgraph
+
+
+__all__ = ["MAX_CHANGED_KEYS", "ConflictedState", "InputChanges", "ids_of", "plain_state"]
