@@ -328,7 +328,12 @@ class RoomGraph:
         # When the event extends exactly the forward extremities, the current state is the
         # state before it, and step 5 decided already.
         extremities = store.get_forward_extremities()
-        if frozenset(pdu.prev_events) != extremities:
+        prev_events = pdu.prev_events
+        if (
+            not (len(extremities) == 1 and prev_events[0] in extremities)
+            if len(prev_events) == 1
+            else frozenset(prev_events) != extremities
+        ):
             current_auth = _pick(store.get_current_state(), auth_keys)
             if current_auth != before_auth:
                 try:
@@ -454,7 +459,10 @@ class RoomGraph:
             return after
         state_after = self.state_after
         event_id = pdu.event_id
-        others = _unique([state_after(e) for e in sorted(new) if e != event_id])
+        if len(new) == 2:  # a fork of two (the event and one other extremity)
+            others = [state_after(e) for e in new if e != event_id]
+        else:
+            others = _unique([state_after(e) for e in sorted(new) if e != event_id])
         if same_as_before:
             new_states = _unique([after, *others])
             old_states = _unique([state_after(e) for e in sorted(old)])
