@@ -63,8 +63,9 @@ from s2s_node.core.canonical import decode_base64, encode_canonical_json_trusted
 from s2s_node.core.events import build_event, parse_pdu
 from s2s_node.core.ids import server_of
 from s2s_node.core.keys import signing_key_from_seed
+from s2s_node.core.redaction import redact
 from s2s_node.core.rules import RoomVersionRules, rules_for
-from s2s_node.core.signing import KeyRing, check_event, redact
+from s2s_node.core.signing import KeyRing, check_event
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ROOMS = REPO_ROOT.parent / "shared" / "bench" / "rooms"

@@ -44,9 +44,10 @@ from s2s_node.core import room as room_module
 from s2s_node.core.canonical import decode_base64
 from s2s_node.core.ids import server_of
 from s2s_node.core.ingest import Outcome, ingest_batch, ingest_create_event, ingest_pdu
+from s2s_node.core.redaction import redact
 from s2s_node.core.room import EventStatus, MemoryRoomStore, RoomGraph
 from s2s_node.core.rules import RoomVersionRules, rules_for
-from s2s_node.core.signing import KeyRing, redact
+from s2s_node.core.signing import KeyRing
 from s2s_node.core.stateres import resolve
 from s2s_node.core.stateres_incremental import IncrementalResolver
 

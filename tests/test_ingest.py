@@ -35,12 +35,12 @@ from s2s_node.core.ingest import (
     ingest_create_event,
     ingest_pdu,
 )
+from s2s_node.core.redaction import redact
 from s2s_node.core.room import EventStatus
 from s2s_node.core.signing import (
     add_hashes_and_signature,
     derived_keys,
     is_content_hash_valid,
-    redact,
     sign_json,
 )
 

@@ -22,6 +22,7 @@ from s2s_node.core.canonical import (
     encode_canonical_json,
 )
 from s2s_node.core.keys import KEY_ID, SigningKey, signing_key_from_seed
+from s2s_node.core.redaction import redact
 from s2s_node.core.rules import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersionRules
 from s2s_node.core.signing import (
     KeyRing,
@@ -41,7 +42,6 @@ from s2s_node.core.signing import (
     encode_signing_and_content_hash_bytes,
     encode_signing_bytes,
     is_content_hash_valid,
-    redact,
     required_signers,
     sign_json,
 )

@@ -41,8 +41,9 @@ from s2s_node.core.ids import (
     room_id_from_create_event_id,
 )
 from s2s_node.core.keys import SigningKey
+from s2s_node.core.redaction import redact
 from s2s_node.core.rules import RoomVersionRules
-from s2s_node.core.signing import build_signed_event, compute_event_id, redact
+from s2s_node.core.signing import build_signed_event, compute_event_id
 
 # Whole event, canonical JSON of the federation form, signatures included.
 MAX_PDU_BYTES = 65_536

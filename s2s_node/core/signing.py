@@ -1,14 +1,13 @@
-"""Signing and verifying JSON and events; content hashes, reference hashes and redaction.
+"""Signing and verifying JSON and events; content hashes and reference hashes.
 
 Owns: the JSON-signing algorithm, the event content hash, the reference hash (the event ID of
-room versions >= 4), the redaction algorithms of room versions 10 and 11/12, and the check of
-which servers must have signed an event. Never mutates its inputs: every function that "adds"
+room versions >= 4, over the redacted form `core.redaction` makes), and the check of which
+servers must have signed an event. Never mutates its inputs: every function that "adds"
 something returns a new object. Keys come from an injected `KeyLookup`, so the same code serves
 keys derived from node identifiers (the node) and explicit keys (tools, tests).
 
 Spec: appendices "Signing JSON" and "Checking for a signature"; server-server API "Signing
-events", "Calculating the content hash", "Calculating the reference hash"; redaction rules in
-rooms/fragments/v9-redactions.md (v10) and v11-redactions.md (v11, v12).
+events", "Calculating the content hash", "Calculating the reference hash".
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ from s2s_node.core.canonical import (
 )
 from s2s_node.core.ids import EventId, ServerName, server_of
 from s2s_node.core.keys import KEY_ID, IdentityError, SigningKey, verify_key_from_identifier
+from s2s_node.core.redaction import TOP_LEVEL_KEPT, TOP_LEVEL_KEPT_LEGACY, redact, redact_content
 from s2s_node.core.rules import RoomVersionRules
 
 # (server name, key ID) -> verify key, or None when the key is unknown.
@@ -197,106 +197,6 @@ def check_json_signature(
 
 
 # ----------------------------------------------------------------------------------------------
-# Redaction
-
-_TOP_LEVEL_KEPT = frozenset(
-    {
-        "event_id",
-        "type",
-        "room_id",
-        "sender",
-        "state_key",
-        "content",
-        "hashes",
-        "signatures",
-        "depth",
-        "prev_events",
-        "auth_events",
-        "origin_server_ts",
-    }
-)
-_TOP_LEVEL_KEPT_LEGACY = _TOP_LEVEL_KEPT | {"origin", "membership", "prev_state"}
-
-# Content keys kept by redaction, per event type (room versions 10-12; flags add the rest).
-_CONTENT_KEPT: dict[str, frozenset[str]] = {
-    "m.room.member": frozenset({"membership", "join_authorised_via_users_server"}),
-    "m.room.create": frozenset({"creator"}),
-    "m.room.join_rules": frozenset({"join_rule", "allow"}),
-    "m.room.power_levels": frozenset(
-        {"ban", "events", "events_default", "kick", "redact", "state_default", "users"}
-        | {"users_default"}
-    ),
-    "m.room.history_visibility": frozenset({"history_visibility"}),
-}
-_POWER_LEVELS_KEPT_WITH_INVITE = _CONTENT_KEPT["m.room.power_levels"] | {"invite"}
-_REDACTION_KEPT = frozenset({"redacts"})
-_NOTHING: frozenset[str] = frozenset()
-
-
-def _content_kept(event_type: object, rules: RoomVersionRules) -> frozenset[str]:
-    if not isinstance(event_type, str):
-        return _NOTHING
-    if event_type == "m.room.power_levels" and rules.redaction_keeps_power_levels_invite:
-        return _POWER_LEVELS_KEPT_WITH_INVITE
-    if event_type == "m.room.redaction" and rules.redaction_keeps_redacts:
-        return _REDACTION_KEPT
-    return _CONTENT_KEPT.get(event_type, _NOTHING)
-
-
-def redact(event: Mapping[str, Any], rules: RoomVersionRules) -> JsonDict:
-    """The redacted form of `event` under `rules` (a new dict; the input is not changed).
-
-    Spec: rooms/fragments/v9-redactions.md (v10) and v11-redactions.md (v11, v12). Nested
-    values that are kept are shared with the input, not copied.
-    """
-    # 1. Keep only the top-level keys of the room version's list.
-    kept_top = (
-        _TOP_LEVEL_KEPT_LEGACY
-        if rules.redaction_keeps_origin_membership_prev_state
-        else _TOP_LEVEL_KEPT
-    )
-    redacted: JsonDict = dict(event)
-    if not kept_top.issuperset(redacted):
-        for key in event.keys() - kept_top:
-            del redacted[key]
-    if "content" not in event:
-        return redacted
-    content = event["content"]
-    if type(content) is not dict and not isinstance(content, Mapping):
-        redacted["content"] = {}
-        return redacted
-    # 2. Inside `content`, keep only the keys listed for the event type.
-    redacted["content"] = _redact_content(content, event.get("type"), rules)
-    return redacted
-
-
-def _redact_content(
-    content: Mapping[str, Any], event_type: object, rules: RoomVersionRules
-) -> JsonDict:
-    """Step 2 of `redact`: the kept keys of an event's `content` (a new dict)."""
-    if event_type == "m.room.create" and rules.redaction_keeps_all_create_content:
-        return dict(content)
-    kept_content = _content_kept(event_type, rules)
-    new_content: JsonDict = {}
-    for key, value in content.items():  # (a loop: cheaper than a comprehension for few keys)
-        if key in kept_content:
-            new_content[key] = value
-    if (
-        event_type == "m.room.member"
-        and rules.redaction_keeps_third_party_invite_signed
-        and "third_party_invite" in content
-    ):
-        invite = content["third_party_invite"]
-        # UNCONFIRMED in the spec; as Synapse: an object without `signed` becomes {}, and a
-        # non-object is dropped.
-        if isinstance(invite, Mapping):
-            new_content["third_party_invite"] = (
-                {"signed": invite["signed"]} if "signed" in invite else {}
-            )
-    return new_content
-
-
-# ----------------------------------------------------------------------------------------------
 # Hashes and event IDs
 
 
@@ -370,8 +270,8 @@ def encode_signing_bytes(event: Mapping[str, Any], rules: RoomVersionRules) -> b
 # The top-level keys of an event whose two encodings `encode_signing_and_content_hash_bytes` can
 # take from one: keys redaction keeps (so both forms have the same members but two), without
 # `event_id` (a member of any value between `content` and `hashes`).
-_ONE_ENCODING_KEYS = _TOP_LEVEL_KEPT - {"event_id"} | {"unsigned"}
-_ONE_ENCODING_KEYS_LEGACY = _TOP_LEVEL_KEPT_LEGACY - {"event_id"} | {"unsigned"}
+_ONE_ENCODING_KEYS = TOP_LEVEL_KEPT - {"event_id"} | {"unsigned"}
+_ONE_ENCODING_KEYS_LEGACY = TOP_LEVEL_KEPT_LEGACY - {"event_id"} | {"unsigned"}
 
 
 def encode_signing_and_content_hash_bytes(
@@ -425,7 +325,7 @@ def _cut_content_hash_form(event: JsonDict, rules: RoomVersionRules) -> tuple[by
     signed_form = dict(event)
     signed_form.pop("signatures", None)
     signed_form.pop("unsigned", None)
-    redacted_content = signed_form["content"] = _redact_content(content, event.get("type"), rules)
+    redacted_content = signed_form["content"] = redact_content(content, event.get("type"), rules)
     signed = encode_canonical_json_trusted_str(signed_form)
     # After `{"auth_events":[...],"content":` (the first `"content":`) come the redacted
     # content, then `,"depth":N,"hashes":{"sha256":"..."}`; the rest is the same in both forms.
