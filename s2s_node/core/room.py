@@ -2,9 +2,9 @@
 forward extremities and the current state.
 
 Owns: `RoomGraph` (receipt checks 4 to 6 of a PDU that already passed format, signature and
-hash checks, and building new events on top of the forward extremities), the storage protocol
-it works over (`RoomStore`) and an in-memory store (`MemoryRoomStore`); it re-exports the shared
-state maps of `core.state_snapshot`. Must not: check formats, signatures or hashes (see
+hash checks, and building new events on top of the forward extremities). It re-exports the
+statuses, admissions, storage protocol (`RoomStore`) and memory store of `core.room_store` and
+the shared state maps of `core.state_snapshot`. Must not: check formats, signatures or hashes (see
 `ingest`), fetch missing events (the shell does that after a `MissingEventsError`), or do I/O.
 
 Spec: server-server API "Checks performed on receipt of a PDU" (steps 4-6; digest 8.3),
@@ -14,186 +14,37 @@ Spec: server-server API "Checks performed on receipt of a PDU" (steps 4-6; diges
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, fields
-from typing import Any, Protocol
+from dataclasses import fields
+from typing import Any
 
 from s2s_node.core.auth import (
     AuthError,
-    AuthRule,
     StateKey,
     check_auth,
     check_auth_events,
     compute_auth_keys,
     select_auth_events,
 )
-from s2s_node.core.authchain import AuthChainError, AuthChainIndex, AuthChainReason
+from s2s_node.core.authchain import AuthChainError, AuthChainReason
 from s2s_node.core.events import MAX_DEPTH, MAX_PREV_EVENTS, Pdu, build_event
 from s2s_node.core.ids import EventId, RoomId
 from s2s_node.core.keys import SigningKey
+from s2s_node.core.room_store import (
+    Admission,
+    EventStatus,
+    MemoryRoomStore,
+    MissingEventsError,
+    ReceiptCheck,
+    RoomMismatchError,
+    RoomStore,
+    StateIds,
+)
 from s2s_node.core.rules import RoomVersionRules
 from s2s_node.core.state_snapshot import EMPTY_STATE, StateSnapshot
 from s2s_node.core.stateres import resolve
 from s2s_node.core.stateres_incremental import IncrementalResolver
-
-StateIds = Mapping[StateKey, EventId]
-
-
-class EventStatus(enum.Enum):
-    """What receipt made of an event that reached the graph (digest 8.3, "Outcomes")."""
-
-    ACCEPTED = "accepted"
-    SOFT_FAILED = "soft_failed"  # valid, kept, never an extremity, not applied to current state
-    REJECTED = "rejected"  # kept as a DAG node, never applied to state, never a prev_event
-
-
-class ReceiptCheck(enum.Enum):
-    """The receipt check an event failed (digest 8.3)."""
-
-    AUTH_EVENTS = "auth_events"  # step 4: against its own auth_events -> rejected
-    STATE_BEFORE = "state_before"  # step 5: against the state before it -> rejected
-    CURRENT_STATE = "current_state"  # step 6: against the current state -> soft-failed
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Admission:
-    """The stored outcome of steps 4-6 for one event: its status and, if it failed, why."""
-
-    event_id: EventId
-    status: EventStatus
-    failed_check: ReceiptCheck | None = None
-    rule: AuthRule | None = None
-    detail: str = ""
-
-
-class MissingEventsError(LookupError):
-    """The graph lacks some prev_events or auth_events of an event; fetch them and retry."""
-
-    def __init__(self, event_id: EventId, missing: tuple[EventId, ...]) -> None:
-        super().__init__(f"{event_id} cites {len(missing)} unknown events: {', '.join(missing)}")
-        self.event_id = event_id
-        self.missing = missing
-
-
-class RoomMismatchError(ValueError):
-    """An event does not belong to this room graph (other room ID or room version)."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Storage
-
-
-class RoomStore(Protocol):
-    """What `RoomGraph` needs from storage, for one room. Synchronous; a SQLite store can
-    implement it without holding the room in memory (state maps may be lazy `Mapping`s).
-
-    `commit` writes one event with everything derived from it, atomically: nothing of it is
-    visible if it raises.
-    """
-
-    def get_pdu(self, event_id: EventId) -> Pdu | None:
-        """The stored event (the redacted copy if its hash did not match), or None."""
-
-    def get_admission(self, event_id: EventId) -> Admission | None:
-        """The event's status and, if it failed a check, the reason; None if unknown."""
-
-    def get_state_before(self, event_id: EventId) -> StateIds | None: ...
-
-    def get_state_after(self, event_id: EventId) -> StateIds | None:
-        """State after the event; for a rejected event, the state before it."""
-
-    def get_forward_extremities(self) -> frozenset[EventId]: ...
-
-    def get_current_state(self) -> StateIds: ...
-
-    @property
-    def auth_chains(self) -> AuthChainIndex:
-        """The room's auth-chain index.
-
-        `RoomGraph` adds an event to it just before resolving the state after it and calling
-        `commit` (an entry only restates the event's own auth_events, so the entry of an
-        event whose commit failed is harmless); `commit` persists what the store needs.
-        """
-
-    def commit(
-        self,
-        *,
-        pdu: Pdu,
-        admission: Admission,
-        state_before: StateIds,
-        state_after: StateIds,
-        forward_extremities: frozenset[EventId] | None,
-        current_state: StateIds | None,
-    ) -> None:
-        """Store the event; `None` for extremities or current state means unchanged."""
-
-
-class MemoryRoomStore:
-    """A `RoomStore` in memory. State maps are `StateSnapshot`s shared between events."""
-
-    def __init__(self) -> None:
-        self._pdus: dict[EventId, Pdu] = {}
-        self._admissions: dict[EventId, Admission] = {}
-        self._state_before: dict[EventId, StateSnapshot] = {}
-        self._state_after: dict[EventId, StateSnapshot] = {}
-        self._extremities: frozenset[EventId] = frozenset()
-        self._current: StateSnapshot = EMPTY_STATE
-        self._auth_chains = AuthChainIndex()
-
-    def __len__(self) -> int:
-        return len(self._pdus)
-
-    def get_pdu(self, event_id: EventId) -> Pdu | None:
-        return self._pdus.get(event_id)
-
-    def get_admission(self, event_id: EventId) -> Admission | None:
-        return self._admissions.get(event_id)
-
-    def get_state_before(self, event_id: EventId) -> StateSnapshot | None:
-        return self._state_before.get(event_id)
-
-    def get_state_after(self, event_id: EventId) -> StateSnapshot | None:
-        return self._state_after.get(event_id)
-
-    def get_forward_extremities(self) -> frozenset[EventId]:
-        return self._extremities
-
-    def get_current_state(self) -> StateSnapshot:
-        return self._current
-
-    @property
-    def auth_chains(self) -> AuthChainIndex:
-        return self._auth_chains
-
-    def commit(
-        self,
-        *,
-        pdu: Pdu,
-        admission: Admission,
-        state_before: StateIds,
-        state_after: StateIds,
-        forward_extremities: frozenset[EventId] | None,
-        current_state: StateIds | None,
-    ) -> None:
-        event_id = pdu.event_id
-        if event_id in self._pdus:
-            raise ValueError(f"{event_id} is already stored")
-        before = (
-            state_before if type(state_before) is StateSnapshot else StateSnapshot.of(state_before)
-        )
-        after = before if state_after is state_before else StateSnapshot.of(state_after)
-        current = None if current_state is None else StateSnapshot.of(current_state)
-        self._pdus[event_id] = pdu
-        self._admissions[event_id] = admission
-        self._state_before[event_id] = before
-        self._state_after[event_id] = after
-        if forward_extremities is not None:
-            self._extremities = forward_extremities
-        if current is not None:
-            self._current = current
-
 
 # ----------------------------------------------------------------------------------------------
 # The graph
