@@ -30,6 +30,8 @@ _INF = float("inf")
 _UNSET: Any = object()
 # The steps of one key: their positions (ascending) and their event IDs.
 _Entries = tuple[list[float], list[EventId]]
+# A step: its event, the key it sets and the keys its check reads.
+_Step = tuple[Pdu, StateKey, tuple[StateKey, ...]]
 _V = TypeVar("_V")
 
 
@@ -51,11 +53,14 @@ class Memo(dict[EventId, _V]):
 class CheckInputs:
     """The per-event facts the checks read, memoised (events and their rejection never
     change while they live): `auth_event[id]` is the event as an auth map holds it (None if
-    rejected), `own_auth_state[id]` a step's own non-rejected auth events by key."""
+    rejected), `own_auth_state[id]` a step's own non-rejected auth events by key, `step[id]`
+    a step's record (its event, the key it sets and the keys its check reads), kept for the
+    steps that move within a fold or from one fold to the other."""
 
-    __slots__ = ("auth_event", "own_auth_state")
+    __slots__ = ("auth_event", "own_auth_state", "step")
 
     def __init__(self, get_event: GetEvent, is_rejected: IsRejected) -> None:
+        self.step: dict[EventId, _Step] = {}
         self.auth_event: Memo[Pdu | None] = Memo(lambda e: None if is_rejected(e) else get_event(e))
         self.own_auth_state: Memo[dict[StateKey, Pdu]] = Memo(
             lambda e: compute_own_auth_state(get_event(e), get_event, is_rejected)
@@ -79,10 +84,11 @@ class AuthCheckFold:
     def __init__(self, base: BaseLookup, inputs: CheckInputs) -> None:
         self.base = base
         self._usable = inputs.auth_event
+        self._step_memo = inputs.step
         self._own = inputs.own_auth_state
         self.pos: dict[EventId, float] = {}
         # Per step: the event, the key it sets and the keys its check reads.
-        self._steps: dict[EventId, tuple[Pdu, StateKey, tuple[StateKey, ...]]] = {}
+        self._steps: dict[EventId, _Step] = {}
         self._passed: dict[EventId, bool] = {}
         self._writers: dict[StateKey, _Entries] = {}
         self._readers: dict[StateKey, _Entries] = {}
@@ -101,14 +107,18 @@ class AuthCheckFold:
         readers = self._readers
         pos = self.pos
         records = self._steps
+        memo = self._step_memo
 
         order: list[EventId] = []
         for event, at in steps:
             event_id = event.event_id
-            own_key, auth_keys = _step_keys(event)
+            record = memo.get(event_id)
+            if record is None:
+                record = memo[event_id] = _step_record(event)
+            _event, own_key, auth_keys = record
             order.append(event_id)
             pos[event_id] = at
-            records[event_id] = (event, own_key, auth_keys)
+            records[event_id] = record
             entries = writers.get(own_key)
             if entries is None:
                 entries = writers[own_key] = ([], [])
@@ -285,11 +295,15 @@ class AuthCheckFold:
                 del positions[i], ids[i]
             if was_passed:
                 changed_from(own_key, at)
+        memo = self._step_memo
         for event, at in inserted:
             event_id = event.event_id
-            own_key, auth_keys = _step_keys(event)
+            record = memo.get(event_id)
+            if record is None:
+                record = memo[event_id] = _step_record(event)
+            _event, own_key, auth_keys = record
             pos[event_id] = at
-            records[event_id] = (event, own_key, auth_keys)
+            records[event_id] = record
             passed[event_id] = False
             entries = writers_of.get(own_key)
             if entries is None:
@@ -369,10 +383,10 @@ def no_base(_key: StateKey) -> None:
     return None
 
 
-def _step_keys(event: Pdu) -> tuple[StateKey, tuple[StateKey, ...]]:
+def _step_record(event: Pdu) -> _Step:
     own_key = event.state_tuple
     assert own_key is not None
-    return own_key, tuple(compute_auth_keys(event))
+    return event, own_key, tuple(compute_auth_keys(event))
 
 
 __all__ = ["AuthCheckFold", "BaseLookup", "CheckInputs", "Memo", "no_base"]

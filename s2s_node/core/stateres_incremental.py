@@ -469,7 +469,7 @@ class IncrementalResolver:
                 ):
                     pending.append(auth_id)
         joining: set[EventId] = set()
-        pending = [e for e in entered if self._is_power(e) or refs[e] > 0]
+        pending = [e for e in entered if self._is_power(e) or refs.get(e, 0) > 0]
         while pending:
             event_id = pending.pop()
             if event_id in joining or (event_id in nodes and event_id not in leaving):

@@ -152,7 +152,7 @@ class BlockedKeys:
 
     __slots__ = ("_blocks", "_maxima", "_size")
 
-    def __init__(self, keys: list[PowerKey], size: int = 48) -> None:
+    def __init__(self, keys: list[PowerKey], size: int = 32) -> None:
         self._size = size  # a block is split when it holds twice this many keys
         self._blocks = [keys[i : i + size] for i in range(0, len(keys), size)]
         self._maxima = [max(block) for block in self._blocks]
