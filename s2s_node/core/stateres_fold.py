@@ -322,16 +322,19 @@ class AuthCheckFold:
                 ids.insert(i, event_id)
             push(agenda, (at, event_id))
 
-        done: set[EventId] = set()
+        # Steps come off the agenda by position; a step is pushed again only before it is
+        # checked (pushes while checking are after the step being checked), so a repeat
+        # is the entry just checked.
+        last = -_INF
         value_at = self._value_at
         base = self.base
         usable = self._usable
         own = self._own
         while agenda:
             at, event_id = heapq.heappop(agenda)
-            if event_id in done or pos.get(event_id) != at:
+            if at == last or pos.get(event_id) != at:
                 continue
-            done.add(event_id)
+            last = at
             event, own_key, auth_keys = records[event_id]
             # The check's auth map (as in `build`), from the values at its position.
             auth_state: dict[StateKey, Pdu] = {}

@@ -342,8 +342,11 @@ class IncrementalResolver:
     ) -> StateSnapshot:
         # The unconflicted state, conflicted set and full conflicted set.
         unconflicted_changed, entered, left = self._conflicted.update(state_sets, changes)
+        power_events = self._power_events
         for event_id in entered:
-            self._events[event_id] = self._fetch(event_id)
+            event = self._events[event_id] = self._fetch(event_id)
+            if event_id not in power_events:
+                power_events[event_id] = is_power_event(event)
 
         # Steps 1 and 2: the power events of the full conflicted set and their ancestors in it.
         for event_id in left:
