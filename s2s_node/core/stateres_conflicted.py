@@ -219,12 +219,12 @@ class ConflictedState:
             before_u = self.unconflicted.get(key)
             before_c = self._conflicted_values.get(key, frozenset())
             first = values[0]
-            if first is not None and all(v == first for v in values):
+            if first is not None and values.count(first) == len(values):
                 after_u: EventId | None = first
                 after_c: frozenset[EventId] = frozenset()
             else:
                 after_u = None
-                after_c = frozenset(v for v in values if v is not None)
+                after_c = frozenset(filter(None, values))  # (event IDs are never empty)
             if after_u != before_u:
                 unconflicted_changed.append(key)
                 if after_u is None:
