@@ -8,7 +8,7 @@ interleave, merges), plus forks built here to reach the cases the files lack.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
 from typing import Any
 
@@ -19,6 +19,7 @@ from room_fixtures import ALICE, BOB, CAROL, RoomFixture, bench_room_names, user
 from test_room import _cached_pdus, _topological_order
 
 from s2s_node.core import stateres_conflicted, stateres_incremental, stateres_ordering
+from s2s_node.core.events import Pdu
 from s2s_node.core.room import EventStatus, RoomGraph
 from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import compute_conflicted_state, resolve
@@ -100,6 +101,25 @@ def test_random_causal_orders_match_full_resolution(
             setattr(module, attribute, value)
 
 
+def _replay_with(
+    checking: Callable[[IncrementalResolver, Any, Any], StateSnapshot],
+    pdus: Sequence[Pdu],
+    order: Iterable[Pdu],
+) -> None:
+    """Add `order` to a new graph with `checking` in place of `IncrementalResolver.resolve`.
+
+    (Hypothesis runs a test body many times; a fixture would be shared by them.)
+    """
+    real = IncrementalResolver.resolve
+    IncrementalResolver.resolve = checking  # type: ignore[method-assign, assignment]
+    try:
+        graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
+        for pdu in order:
+            graph.add(pdu)
+    finally:
+        IncrementalResolver.resolve = real  # type: ignore[method-assign]
+
+
 def _deliver_and_check(name: str, data: st.DataObject) -> None:
     pdus = _cached_pdus(name)
     order = data.draw(_topological_order(pdus))
@@ -116,14 +136,7 @@ def _deliver_and_check(name: str, data: st.DataObject) -> None:
         record.calls += 1
         return got
 
-    # (Hypothesis runs the body many times per test; a fixture would be shared by them.)
-    IncrementalResolver.resolve = checking  # type: ignore[method-assign]
-    try:
-        graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
-        for pdu in order:
-            graph.add(pdu)
-    finally:
-        IncrementalResolver.resolve = real  # type: ignore[method-assign]
+    _replay_with(checking, pdus, order)
     assert record.mismatches == []
 
 
@@ -157,13 +170,7 @@ def test_the_kept_conflicted_subgraph_and_full_set_are_those_computed_afresh(
             calls += 1
         return got
 
-    IncrementalResolver.resolve = checking  # type: ignore[method-assign]
-    try:
-        graph = RoomGraph(pdus[0].rules, pdus[0].room_id)
-        for pdu in order:
-            graph.add(pdu)
-    finally:
-        IncrementalResolver.resolve = real  # type: ignore[method-assign]
+    _replay_with(checking, pdus, order)
     assert calls > 0
     assert differing == []
 
