@@ -336,7 +336,9 @@ class AuthCheckFold:
                 continue
             last = at
             event, own_key, auth_keys = records[event_id]
-            # The check's auth map (as in `build`), from the values at its position.
+            # The check's auth map (as in `_run_in_order`), from the values at its position.
+            # Kept in line in both loops on purpose: one shared function measured +5% of the
+            # resolver's instructions on the c1000 rooms (a call and a list per check).
             auth_state: dict[StateKey, Pdu] = {}
             complete = True
             for key in auth_keys:
