@@ -26,7 +26,7 @@ from s2s_node.core.canonical import (
     encode_canonical_json,
 )
 from s2s_node.core.events import Pdu
-from s2s_node.core.ids import IdError, is_server_user, parse_user_id, server_of
+from s2s_node.core.ids import IdError, parse_user_id, server_of
 from s2s_node.core.power import (
     StateKey,
     StateMap,
@@ -69,7 +69,12 @@ def check_member_rules(event: Pdu, state: StateMap, create: Pdu, power_levels: P
         raise AuthError(AuthRule.MEMBER_NO_MEMBERSHIP, "member event without membership", event_id)
     membership = content["membership"]
     # DESIGN.md section 4: server users hold invite/join/knock only in s2s rooms.
-    if membership in S2S_GUARDED_MEMBERSHIPS and is_server_user(target) and not is_s2s_room(create):
+    # (`ids.is_server_user`, in line: this runs for every member event checked.)
+    if (
+        membership in S2S_GUARDED_MEMBERSHIPS
+        and target.startswith("@:")
+        and not is_s2s_room(create)
+    ):
         raise AuthError(
             AuthRule.S2S_SERVER_USER_OUTSIDE_S2S_ROOM,
             f"server user {target} may not {membership} a room that is not an s2s room",
@@ -86,7 +91,8 @@ def check_member_rules(event: Pdu, state: StateMap, create: Pdu, power_levels: P
     sender_member = state.get((_MEMBER, sender))
     # (`_membership_of`, in line: this runs for every member event state resolution checks.)
     sender_membership = None if sender_member is None else sender_member.content.get("membership")
-    if target == sender:
+    is_self = target == sender
+    if is_self:
         target_membership = sender_membership
     else:
         target_member = state.get((_MEMBER, target))
@@ -104,14 +110,21 @@ def check_member_rules(event: Pdu, state: StateMap, create: Pdu, power_levels: P
         ):
             return
         # 4.3.2
-        if sender != target:
+        if not is_self:
             raise AuthError(
                 AuthRule.MEMBER_JOIN_SENDER_NOT_STATE_KEY, f"{sender} joins {target}", event_id
             )
         # 4.3.3
         if sender_membership == "ban":
             raise AuthError(AuthRule.MEMBER_JOIN_BANNED, f"{sender} is banned", event_id)
-        join_rule = _join_rule(state)
+        # (`_join_rule`, in line.)
+        join_rules = state.get(_JOIN_RULES_KEY)
+        join_rule = (
+            "invite" if join_rules is None else join_rules.content.get("join_rule", "invite")
+        )
+        if join_rule == "public":
+            # 4.3.6
+            return
         if join_rule in ("invite", "knock"):
             # 4.3.4 (otherwise fall through to 4.3.7)
             if sender_membership in ("invite", "join"):
@@ -143,9 +156,6 @@ def check_member_rules(event: Pdu, state: StateMap, create: Pdu, power_levels: P
                     event_id,
                 )
             # 4.3.5.3
-            return
-        elif join_rule == "public":
-            # 4.3.6
             return
         # 4.3.7
         raise AuthError(
@@ -180,7 +190,7 @@ def check_member_rules(event: Pdu, state: StateMap, create: Pdu, power_levels: P
 
     if membership == "leave":  # 4.5
         # 4.5.1 leaving, rejecting an invite, retracting a knock
-        if sender == target:
+        if is_self:
             if sender_membership in ("invite", "join", "knock"):
                 return
             raise AuthError(
@@ -234,7 +244,7 @@ def check_member_rules(event: Pdu, state: StateMap, create: Pdu, power_levels: P
                 AuthRule.MEMBER_KNOCK_JOIN_RULE, f"join rule {join_rule!r:.40}", event_id
             )
         # 4.7.2
-        if sender != target:
+        if not is_self:
             raise AuthError(
                 AuthRule.MEMBER_KNOCK_SENDER_NOT_STATE_KEY,
                 f"{sender} knocks for {target}",
