@@ -18,10 +18,10 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from s2s_node.core.auth import StateKey, compute_auth_keys
+from s2s_node.core.auth import AuthError, StateKey, check_auth, compute_auth_keys
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
-from s2s_node.core.stateres import compute_own_auth_state, is_allowed_by
+from s2s_node.core.stateres import compute_own_auth_state
 
 GetEvent = Callable[[EventId], Pdu]
 IsRejected = Callable[[EventId], bool]
@@ -160,11 +160,14 @@ class AuthCheckFold:
                 complete = False
             if not complete:
                 auth_state = own[event_id] | auth_state
-            if is_allowed_by(event, auth_state):
+            # (`stateres.is_allowed_by`, in line.)
+            try:
+                check_auth(event, auth_state)
+            except AuthError:
+                passed[event_id] = False
+            else:
                 passed[event_id] = True
                 state[own_key] = event_id
-            else:
-                passed[event_id] = False
         return state
 
     def _value_at(self, key: StateKey, at: float) -> EventId | None:
@@ -366,7 +369,13 @@ class AuthCheckFold:
                 complete = False
             if not complete:
                 auth_state = own[event_id] | auth_state
-            now = is_allowed_by(event, auth_state)
+            # (`stateres.is_allowed_by`, in line.)
+            try:
+                check_auth(event, auth_state)
+            except AuthError:
+                now = False
+            else:
+                now = True
             if now is not passed[event_id]:
                 passed[event_id] = now
                 changed_from(own_key, at)
