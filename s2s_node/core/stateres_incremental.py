@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
+from heapq import heapify, heappop, heappush
 
 from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
@@ -49,10 +50,8 @@ from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import (
     GetEvent,
     IsRejected,
-    compute_lexicographic_topological_order,
     compute_mainline,
     compute_mainline_depth,
-    compute_power_graph,
     compute_sender_power,
     is_power_event,
     power_levels_auth_event,
@@ -60,6 +59,7 @@ from s2s_node.core.stateres import (
 from s2s_node.core.stateres_conflicted import ConflictedState, InputChanges
 from s2s_node.core.stateres_fold import AuthCheckFold, CheckInputs, Memo, no_base
 from s2s_node.core.stateres_ordering import (
+    PowerKey,
     PowerOrdering,
     between,
     crowded,
@@ -185,7 +185,7 @@ class IncrementalResolver:
 
     def _rebuild_power_ordering(self) -> None:
         """Steps 1 and 2 from scratch, then steps 3 and 4 (`_rebuild_mainline`)."""
-        order = self._sorted_power_order()
+        order, keys = self._sorted_power_order()
         positions = [float(i) for i in range(len(order))]
         base1 = no_base if self._rules.state_res_starts_empty else self._conflicted.unconflicted.get
         self._fold1_leaving = set()
@@ -194,7 +194,7 @@ class IncrementalResolver:
         self._fold1.build(
             zip((events[e] for e in order), positions, strict=True), self._base1_state()
         )
-        self._power = self._new_power_ordering(order, positions)
+        self._power = self._new_power_ordering(order, positions, keys)
         self._rebuild_mainline()
 
     def _base1_state(self) -> Mapping[StateKey, EventId]:
@@ -202,8 +202,10 @@ class IncrementalResolver:
         (whose partial state starts empty)."""
         return {} if self._rules.state_res_starts_empty else self._conflicted.unconflicted
 
-    def _new_power_ordering(self, order: list[EventId], positions: list[float]) -> PowerOrdering:
-        return PowerOrdering(order, positions, self._events, self._power_key, self._remap_fold1)
+    def _new_power_ordering(
+        self, order: list[EventId], positions: list[float], keys: list[PowerKey]
+    ) -> PowerOrdering:
+        return PowerOrdering(order, positions, keys, self._events, self._remap_fold1)
 
     def _remap_fold1(
         self, low: float | None, high: float | None, new_positions: Mapping[EventId, float]
@@ -222,16 +224,56 @@ class IncrementalResolver:
         else:
             self._fold1.respace(low, high, new_positions)
 
-    def _sorted_power_order(self) -> list[EventId]:
+    def _sorted_power_order(self) -> tuple[list[EventId], list[PowerKey]]:
         """Step 1 from scratch: the power events of the full conflicted set and their
-        ancestors in it, by reverse topological power ordering."""
+        ancestors in it, by reverse topological power ordering, with their sort keys.
+
+        The graph and Kahn's algorithm of `stateres.compute_power_graph` and
+        `stateres.compute_lexicographic_topological_order`, in one pass over the events'
+        auth IDs (the first call and a re-sort are dominated by them)."""
         events = self._events
-        known = self._power_events
-        known.update({e: is_power_event(events[e]) for e in events.keys() - known.keys()})
-        graph = compute_power_graph([e for e in events.values() if known[e.event_id]], events)
+        is_power = self._is_power
+        # The DAG: the power events and their ancestors through auth edges inside the set,
+        # as the number of parents each waits on and the children of each.
+        waiting: dict[EventId, int] = {}
+        children: dict[EventId, list[EventId]] = {}
+        pending = [e for e in events if is_power(e)]
+        while pending:
+            event_id = pending.pop()
+            if event_id in waiting:
+                continue
+            parents = [a for a in events[event_id].auth_event_ids if a in events]
+            waiting[event_id] = len(parents)
+            for parent in parents:
+                siblings = children.get(parent)
+                if siblings is None:
+                    children[parent] = [event_id]
+                else:
+                    siblings.append(event_id)
+            pending += parents
+        # Kahn's algorithm: the smallest ready key first (a key ends with its event ID).
+        key_of = self._power_key_of
         power_key = self._power_key
-        keys = {event_id: power_key(events[event_id]) for event_id in graph}
-        return compute_lexicographic_topological_order(graph, keys.__getitem__)
+        ready: list[tuple[PowerKey, EventId]] = []
+        for event_id, count in waiting.items():
+            if not count:
+                key = key_of.get(event_id)
+                ready.append((power_key(events[event_id]) if key is None else key, event_id))
+        heapify(ready)
+        order: list[EventId] = []
+        keys: list[PowerKey] = []
+        while ready:
+            key, event_id = heappop(ready)
+            order.append(event_id)
+            keys.append(key)
+            for child in children.get(event_id, ()):
+                count = waiting[child] - 1
+                waiting[child] = count
+                if not count:
+                    key = key_of.get(child)
+                    heappush(ready, (power_key(events[child]) if key is None else key, child))
+        assert len(order) == len(waiting)  # the auth graph has no cycle
+        return order, keys
 
     def _reorder_power(
         self, base_changed: list[StateKey]
@@ -241,7 +283,7 @@ class IncrementalResolver:
         fold (its checks re-run only where a read value changed); when that run is less
         than half of the ordering or positions run out, build fold 1 again instead."""
         old = self._power
-        order = self._sorted_power_order()
+        order, keys = self._sorted_power_order()
         kept = longest_increasing_run([(old.pos[e], e) for e in order if e in old.pos])
         events = self._events
         positions = None
@@ -251,7 +293,7 @@ class IncrementalResolver:
             # Most steps move (or positions ran out): fold 1 is built again, which checks
             # each step once; the keys whose final value changed are the news.
             positions = [float(i) for i in range(len(order))]
-            self._power = self._new_power_ordering(order, positions)
+            self._power = self._new_power_ordering(order, positions, keys)
             old_fold = self._fold1
             fold = self._fold1 = AuthCheckFold(old_fold.base, self._check_inputs)
             fold.build(zip((events[e] for e in order), positions, strict=True), self._base1_state())
@@ -262,7 +304,7 @@ class IncrementalResolver:
                     touched.add(key)
         else:
             removed = [e for e in old.order if e not in kept]
-            self._power = self._new_power_ordering(order, positions)
+            self._power = self._new_power_ordering(order, positions, keys)
             inserted = [
                 (events[e], at) for e, at in zip(order, positions, strict=True) if e not in kept
             ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from itertools import compress, count, islice, pairwise
+from itertools import chain, compress, count, islice, pairwise
 
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
@@ -249,22 +249,26 @@ class PowerOrdering:
         self,
         order: list[EventId],
         positions: list[float],
+        keys: list[PowerKey],
         events: Mapping[EventId, Pdu],
-        key: Callable[[Pdu], PowerKey],
         renumber: Callable[[float | None, float | None, Mapping[EventId, float]], None],
     ) -> None:
         self.order = order
         self.positions = positions
         self.pos: dict[EventId, float] = dict(zip(order, positions, strict=True))
-        self.keys = BlockedKeys([key(events[e]) for e in order])
+        self.keys = BlockedKeys(keys)
         self.nodes: set[EventId] = set(order)
-        self.refs: Counter[EventId] = Counter(
-            a for event_id in order for a in events[event_id].auth_event_ids
-        )
-        self.children: dict[EventId, set[EventId]] = {}
-        for event_id in order:
-            for parent in events[event_id].auth_event_ids:
-                self.children.setdefault(parent, set()).add(event_id)
+        auth_ids = [events[event_id].auth_event_ids for event_id in order]
+        self.refs: Counter[EventId] = Counter(chain.from_iterable(auth_ids))
+        children: dict[EventId, set[EventId]] = {}
+        for event_id, parents in zip(order, auth_ids, strict=True):
+            for parent in parents:
+                siblings = children.get(parent)
+                if siblings is None:
+                    children[parent] = {event_id}
+                else:
+                    siblings.add(event_id)
+        self.children = children
         self._crowded: list[EventId] = []  # placed where the gaps are small
         self._renumber_callback = renumber
 
