@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from s2s_node.core import events as events_module
 from s2s_node.core.canonical import (
     decode_base64,
     encode_base64_urlsafe,
@@ -33,7 +34,13 @@ from s2s_node.core.events import (
 from s2s_node.core.ids import parse_event_id
 from s2s_node.core.keys import KEY_ID, signing_key_from_seed
 from s2s_node.core.rules import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersionRules
-from s2s_node.core.signing import KeyRing, check_event, compute_event_id, derived_keys
+from s2s_node.core.signing import (
+    KeyRing,
+    check_event,
+    compute_event_id,
+    derived_keys,
+    encode_content_hash_bytes,
+)
 
 VECTORS = json.loads(
     (Path(__file__).parent / "vectors" / "spec" / "vectors.json").read_text(encoding="utf-8")
@@ -595,3 +602,158 @@ def test_build_event_agrees_with_parse_pdu(
         assert _reason(obj, rules) is reason
     else:
         assert parse_pdu(parse_json(pdu.canonical_bytes()), rules) == pdu
+
+
+# ----------------------------------------------------------------------------------------------
+# The plain-event path of `parse_pdu` (`content_hash_size`): the fields first, then only the
+# values they did not cover. Each case must end exactly as the ordered checks do.
+
+
+class _KeyLike:
+    """A key that is not a string but equals one (the walk refuses it: BAD_TYPE)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __hash__(self) -> int:
+        return hash(self.text)
+
+    def __eq__(self, other: object) -> bool:
+        return other == self.text
+
+
+def _deep(levels: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def _set_in(event: dict[str, Any], path: tuple[Any, ...], value: Any) -> None:
+    target = event
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+
+
+def _signatures_of(event: dict[str, Any]) -> dict[str, Any]:
+    by_server: dict[str, Any] = next(iter(event["signatures"].values()))
+    return by_server
+
+
+_PLAIN_PATH_CASES: list[tuple[str, Any]] = [
+    ("valid", lambda e: None),
+    ("float in content", lambda e: _set_in(e, ("content", "x"), 1.5)),
+    ("integral float", lambda e: _set_in(e, ("content", "x"), 2.0)),
+    ("big int in content", lambda e: _set_in(e, ("content", "x"), 2**53)),
+    ("nested big int", lambda e: _set_in(e, ("content", "x"), {"y": [-(2**60)]})),
+    ("nested float", lambda e: _set_in(e, ("content", "x"), [{"y": 0.5}])),
+    ("safe int in content", lambda e: _set_in(e, ("content", "x"), 2**53 - 1)),
+    ("nested content", lambda e: _set_in(e, ("content", "x"), {"y": [1, True, None, "z"]})),
+    ("ts too big", lambda e: _set_in(e, ("origin_server_ts",), 2**53)),
+    ("ts too small", lambda e: _set_in(e, ("origin_server_ts",), -(2**53))),
+    ("ts a float", lambda e: _set_in(e, ("origin_server_ts",), 1.0)),
+    ("depth too big", lambda e: _set_in(e, ("depth",), 2**53)),
+    ("surrogate in type", lambda e: _set_in(e, ("type",), "m.\ud800")),
+    ("surrogate in state_key", lambda e: _set_in(e, ("state_key",), "\udfff")),
+    ("surrogate in a content value", lambda e: _set_in(e, ("content", "x"), "a\ud800b")),
+    ("surrogate in a content key", lambda e: _set_in(e, ("content", "\ud800"), "x")),
+    ("pair across strings", lambda e: _set_in(e, ("content", "\ud83d"), "\ude00")),
+    ("non-ASCII content", lambda e: _set_in(e, ("content", "é"), "\U0001f600")),
+    ("surrogate in hashes", lambda e: _set_in(e, ("hashes", "sha256"), "\ud800")),
+    ("second hash", lambda e: _set_in(e, ("hashes", "sha512"), "x")),
+    ("float hash", lambda e: _set_in(e, ("hashes", "sha512"), 0.5)),
+    ("surrogate in a signature", lambda e: _set_in(e, ("signatures", NODE, KEY_ID), "\ud800")),
+    ("surrogate in a key ID", lambda e: _signatures_of(e).update({"ed25519:\ud800": "x"})),
+    ("surrogate in a server", lambda e: _set_in(e, ("signatures", "s\ud800"), {})),
+    ("int signature", lambda e: _set_in(e, ("signatures", NODE, KEY_ID), 5)),
+    ("float signature", lambda e: _set_in(e, ("signatures", NODE, KEY_ID), 5.5)),
+    ("int key ID", lambda e: _set_in(e, ("signatures", NODE, 7), "x")),
+    ("only an int key ID", lambda e: _set_in(e, ("signatures", NODE), {7: "x"})),
+    ("int server", lambda e: _set_in(e, ("signatures", 7), {})),
+    ("empty server", lambda e: _set_in(e, ("signatures", "x"), {})),
+    ("signatures of a list", lambda e: _set_in(e, ("signatures", "x"), [])),
+    ("int content key", lambda e: _set_in(e, ("content", 1), "x")),
+    ("only an int content key", lambda e: _set_in(e, ("content",), {1: "x"})),
+    ("None content key", lambda e: _set_in(e, ("content",), {None: "x"})),
+    ("int top-level key", lambda e: _set_in(e, (1,), "x")),
+    ("key equal to a string", lambda e: e.update({_KeyLike("origin"): "x"})),
+    ("key-like member name", lambda e: e.update({_KeyLike("type"): e.pop("type")})),
+    ("deep content", lambda e: _set_in(e, ("content", "x"), _deep(62))),
+    ("too deep content", lambda e: _set_in(e, ("content", "x"), _deep(63))),
+    ("tuple in content", lambda e: _set_in(e, ("content", "x"), ("a", 1))),
+    ("set in content", lambda e: _set_in(e, ("content", "x"), {"a"})),
+    ("bytes in content", lambda e: _set_in(e, ("content", "x"), b"a")),
+    ("unsigned", lambda e: _set_in(e, ("unsigned",), {"age": 5})),
+    ("unsigned float", lambda e: _set_in(e, ("unsigned",), {"age": 5.5})),
+    ("unsigned not an object", lambda e: _set_in(e, ("unsigned",), [])),
+    ("unknown member", lambda e: _set_in(e, ("origin",), "x")),
+    ("unknown member float", lambda e: _set_in(e, ("origin",), 0.5)),
+    ("bad sender and a float", lambda e: e.update(sender="alice", content={"x": 0.5})),
+    ("bad sender", lambda e: _set_in(e, ("sender",), "alice")),
+    ("bad prev event and a big int", lambda e: e.update(prev_events=["$x"], depth=2**60)),
+    ("content a list", lambda e: _set_in(e, ("content",), [])),
+    ("no hashes", lambda e: e.pop("hashes")),
+    ("signatures a list", lambda e: _set_in(e, ("signatures",), [])),
+    ("content a dict subclass", lambda e: _set_in(e, ("content",), _Dict(e["content"]))),
+    ("str subclass", lambda e: _set_in(e, ("content", "x"), _Str("y"))),
+    ("too large", lambda e: _set_in(e, ("content", "x"), "y" * MAX_PDU_BYTES)),
+    ("too large, escaped", lambda e: _set_in(e, ("content", "x"), "\x01" * 11_000)),
+    ("too large, multibyte", lambda e: _set_in(e, ("content", "x"), "\U0001f600" * 16_400)),
+    ("large signatures", lambda e: _set_in(e, ("signatures", "x" * 200), {"k": "\x01" * 10_900})),
+    ("many servers", lambda e: e["signatures"].update({f"s{i}": {} for i in range(4_000)})),
+]
+
+
+class _Dict(dict[str, Any]):
+    pass
+
+
+class _Str(str):
+    pass
+
+
+def _outcome(run: Any) -> object:
+    try:
+        return run()
+    except EventFormatError as exc:
+        return (exc.reason, str(exc))
+    except Exception as exc:
+        return (type(exc), str(exc))
+
+
+@pytest.mark.parametrize("rules", ALL_RULES, ids=lambda r: r.version)
+@pytest.mark.parametrize(
+    ("name", "change"), _PLAIN_PATH_CASES, ids=[c[0] for c in _PLAIN_PATH_CASES]
+)
+def test_the_plain_path_decides_as_the_ordered_checks(
+    rules: RoomVersionRules, name: str, change: Any
+) -> None:
+    event = _valid(rules)
+    change(event)
+    event_id = parse_event_id(_event_id(7))
+    try:
+        size = len(encode_content_hash_bytes(event))
+    except (TypeError, ValueError):
+        size = 1_000  # (ingest passes none: any size will do)
+    ordered = _outcome(lambda: parse_pdu(event, rules, event_id=event_id))
+    plain = _outcome(lambda: parse_pdu(event, rules, event_id=event_id, content_hash_size=size))
+    assert plain == ordered
+    if name == "valid":
+        assert isinstance(plain, Pdu)
+
+
+def test_the_plain_path_is_taken() -> None:
+    # A usual event is not walked: the walk is not even called.
+    event = _valid(ROOM_V11)
+    event_id = parse_event_id(_event_id(7))
+    size = len(encode_content_hash_bytes(event))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(events_module, "check_canonical_value_bound", _no_walk)
+        assert parse_pdu(event, ROOM_V11, event_id=event_id, content_hash_size=size).json is event
+        with pytest.raises(AssertionError):
+            parse_pdu(event, ROOM_V11, event_id=event_id)
+
+
+def _no_walk(value: object, **kwargs: Any) -> int:
+    raise AssertionError("walked")

@@ -334,6 +334,7 @@ def parse_pdu(
     check_values: bool = True,
     expected_room_id: str | None = None,
     encoded_size: int | None = None,
+    content_hash_size: int | None = None,
 ) -> Pdu:
     """Check the format of an untrusted event and build a `Pdu`.
 
@@ -341,8 +342,40 @@ def parse_pdu(
     second hash. `expected_room_id`, when given, is the room the event arrived for (e.g. the
     room of a join or backfill request): another room ID raises `ROOM_MISMATCH`. Signatures
     and hashes are not verified here. `check_values` and `encoded_size`: see
-    `check_event_format`.
+    `check_event_format`. `content_hash_size`, the length of
+    `signing.encode_content_hash_bytes(obj)` when the caller has it (with `event_id`), lets the
+    usual event skip the canonical-JSON walk of every value (`_parse_plain`).
     """
+    if (
+        check_values
+        and content_hash_size is not None
+        and event_id is not None
+        and type(obj) is dict
+    ):
+        pdu = _parse_plain(obj, rules, event_id, check_counts, content_hash_size)
+        if pdu is None:
+            pdu = _parse_checked(obj, rules, event_id, check_counts, encoded_size)
+    else:
+        pdu = _parse_checked(
+            obj, rules, event_id, check_counts, encoded_size, check_values=check_values
+        )
+    if expected_room_id is not None and pdu.room_id != expected_room_id:
+        raise EventFormatError(
+            FormatReason.ROOM_MISMATCH, f"event of {pdu.room_id}, expected {expected_room_id}"
+        )
+    return pdu
+
+
+def _parse_checked(
+    obj: object,
+    rules: RoomVersionRules,
+    event_id: EventId | None,
+    check_counts: bool,
+    encoded_size: int | None,
+    *,
+    check_values: bool = True,
+) -> Pdu:
+    """`parse_pdu`'s checks one after the other: values and size, then the fields."""
     checked = check_event_format(
         obj,
         rules,
@@ -350,12 +383,108 @@ def parse_pdu(
         check_values=check_values,
         encoded_size=encoded_size,
     )
-    pdu = _parse_fields(checked, rules, event_id, check_counts=check_counts)
-    if expected_room_id is not None and pdu.room_id != expected_room_id:
-        raise EventFormatError(
-            FormatReason.ROOM_MISMATCH, f"event of {pdu.room_id}, expected {expected_room_id}"
-        )
+    return _parse_fields(checked, rules, event_id, check_counts=check_counts)
+
+
+def _parse_plain(
+    obj: JsonDict,
+    rules: RoomVersionRules,
+    event_id: EventId,
+    check_counts: bool,
+    content_hash_size: int,
+) -> Pdu | None:
+    """`_parse_checked(obj, ...)` for an event that passes every check, with the fields first
+    and then only the values they did not cover; None on any failure, of any kind (the caller
+    then runs the checks in order, which raise the first failing check's error).
+
+    Fields and values both passing is what `_parse_checked` accepts, whatever the order; the
+    size limit then holds when the content-hash form and a bound of the other members fit.
+    """
+    try:
+        pdu = _parse_fields(obj, rules, event_id, check_counts=check_counts)
+        rest = _bound_other_values(obj, pdu)
+    except Exception:
+        return None
+    if rest < 0 or content_hash_size + rest > MAX_PDU_BYTES:
+        return None  # (near the limit: the exact measure)
     return pdu
+
+
+# The members whose values `_parse_fields` checks so that the canonical-JSON walk has nothing to
+# add: strings it parses as identifiers (no lone surrogate; ASCII servers and hashes), `depth`
+# (within 0..2**53-1) and lists of event IDs (ASCII); and the members `_bound_other_values`
+# checks.
+_PARSED_MEMBERS = frozenset(
+    {"sender", "room_id", "depth", "prev_events", "auth_events"}
+    | {"type", "state_key", "content", "origin_server_ts", "hashes", "signatures"}
+)
+# `,"hashes":{"sha256":""}`, `,"signatures":{}`, and per string of `signatures` at most 6: a
+# server's quotes, colon, braces and comma; a key ID's or a signature's quotes and colon or comma.
+_HASHES_FRAME = 23
+_SIGNATURES_FRAME = 16
+_SIGNATURE_STRING_FRAME = 6
+
+
+def _bound_other_values(obj: JsonDict, pdu: Pdu) -> int:
+    """-1 unless `check_canonical_value(obj)` passes, for an `obj` that `_parse_fields` made
+    `pdu` of; else an upper bound of what `hashes` and `signatures` add to the encoding of the
+    content-hash form (-1 also when in doubt: the caller then runs the whole walk).
+
+    Left to check after the fields: the texts of `type` and `state_key`, the range of
+    `origin_server_ts`, `content`, `hashes`, `signatures` (an object of objects, checked by
+    `_parse_fields`); an event with other members is left to the walk. Objects of strings are
+    checked item by item; their text is checked for lone surrogates at once (a string has one
+    exactly when a concatenation has one); any other `content` goes to `check_canonical_value`
+    one level down, as the walk would.
+    """
+    if not _PARSED_MEMBERS.issuperset(obj):
+        return -1
+    "".join(obj)  # (raises TypeError for a key that is not a string but equals one)
+    if not MIN_SAFE_INTEGER <= pdu.origin_server_ts <= MAX_SAFE_INTEGER:
+        return -1
+    texts = [pdu.type, pdu.state_key or ""]
+    append = texts.append
+    content = obj["content"]
+    plain = type(content) is dict
+    if plain:
+        for key, value in content.items():
+            if type(key) is not str or type(value) is not str:
+                plain = False
+                break
+            append(key)
+            append(value)
+    if not plain:
+        try:
+            check_canonical_value(content, max_depth=MAX_JSON_DEPTH - 1)
+        except CanonicalJsonError:
+            return -1
+    hashes = obj["hashes"]
+    if type(hashes) is not dict or len(hashes) != 1:
+        return -1
+    claimed = hashes["sha256"]  # a string (`_parse_fields`)
+    append(claimed)
+    size = _HASHES_FRAME + MAX_CHAR_BYTES * len(claimed) + _SIGNATURES_FRAME
+    strings = 0
+    signatures = obj["signatures"]
+    if type(signatures) is not dict:
+        return -1
+    for server, by_server in signatures.items():
+        if type(server) is not str or type(by_server) is not dict:
+            return -1
+        append(server)
+        strings += 1 + 2 * len(by_server)
+        for key_id, signature in by_server.items():
+            if type(key_id) is not str or type(signature) is not str:
+                return -1
+            append(key_id)
+            append(signature)
+    text = "".join(texts)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            return -1
+    return size + MAX_CHAR_BYTES * (len(text) - len(claimed)) + _SIGNATURE_STRING_FRAME * strings
 
 
 def _parse_fields(

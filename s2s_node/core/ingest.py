@@ -244,7 +244,12 @@ def _check_received(
     # Step 1: the format of the graph's room version; otherwise drop.
     try:
         pdu = parse_pdu(
-            obj, rules, event_id=event_id, check_values=not values_checked, encoded_size=size
+            obj,
+            rules,
+            event_id=event_id,
+            check_values=not values_checked,
+            encoded_size=size,
+            content_hash_size=None if hashed is None else len(hashed),
         )
     except EventFormatError as exc:
         return _dropped(VerdictReason.FORMAT, None, str(exc))
