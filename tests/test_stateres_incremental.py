@@ -230,6 +230,54 @@ def test_forks_with_kicks_bans_power_changes_and_convergence(
     assert checked.mismatches == []
 
 
+@pytest.mark.parametrize("version", ["10", "11", "12"])
+def test_a_mainline_flipping_between_forks_is_rebuilt_and_emitted_exactly(
+    version: str, checked: Checked, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two forks that each replace the power levels in turn: the resolved power levels event
+    jumps from one fork to the other (its mainline never extends the previous one), and
+    the topics and names each fork sets pass under one fork's power levels only, so every
+    flip changes keys that only the mainline ordering's checks decide."""
+    rebuilt = 0
+    real = IncrementalResolver._rebuild_mainline
+
+    def counting(self: IncrementalResolver) -> None:
+        nonlocal rebuilt
+        rebuilt += 1
+        real(self)
+
+    monkeypatch.setattr(IncrementalResolver, "_rebuild_mainline", counting)
+    room = RoomFixture(version, power_users={BOB: 50})
+    for who in (CAROL, DAVE):
+        room.add(room.build("m.room.member", who, {"membership": "join"}, state_key=who))
+    tips = sorted(room.graph.forward_extremities)[:1] * 2
+    # Fork 0 lets bob (50) set topics and names, fork 1 lets carol (0) and not bob.
+    levels = [
+        {"users": {BOB: 50}, "events": {"m.room.topic": 50, "m.room.name": 50}},
+        {"users": {BOB: 50}, "events": {"m.room.topic": 0, "m.room.name": 60}},
+    ]
+    for round_ in range(4):
+        for side in (0, 1):
+            content = _with_alice_power(version, "m.room.power_levels", levels[side])
+            for event_type, sender, body, key in [
+                ("m.room.power_levels", ALICE, content, ""),
+                ("m.room.topic", BOB if side == 0 else CAROL, {"topic": f"{side}{round_}"}, ""),
+                ("m.room.name", BOB, {"name": f"{side}{round_}"}, ""),
+                (
+                    "m.room.member",
+                    DAVE,
+                    {"displayname": f"{side}{round_}", "membership": "join"},
+                    DAVE,
+                ),
+            ]:
+                pdu = room.build(event_type, sender, body, state_key=key, prev_events=[tips[side]])
+                room.graph.add(pdu)
+                tips[side] = pdu.event_id
+    assert rebuilt >= 6  # beyond the first call: the flips
+    assert checked.calls >= 20
+    assert checked.mismatches == []
+
+
 def test_no_input_or_one_input_resolves_to_itself_and_keeps_the_previous_work() -> None:
     pdus = _cached_pdus(bench_room_names()[0])
     graph = RoomGraph(pdus[0].rules, pdus[0].room_id)

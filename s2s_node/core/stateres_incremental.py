@@ -105,6 +105,7 @@ class IncrementalResolver:
         self._fold1_leaving: set[EventId] = set()
         self._fold1_base_changed: list[StateKey] = []
         self._fold1_touched: set[StateKey] = set()
+        self._mainline_key_of: dict[EventId, tuple[int, int, str]] = {}
         self.rebuilds = 0
         self.updates = 0
 
@@ -320,8 +321,19 @@ class IncrementalResolver:
         """Step 3 (mainline ordering of the other events) and step 4 from scratch."""
         self._mainline_pl = self._fold1.final(POWER_LEVELS_KEY)
         self._depth_of = compute_mainline(self._mainline_pl, self._get_event)
-        leftover = [e for e in self._events.values() if e.event_id not in self._power.nodes]
-        keyed = sorted(self._mainline_key(e) for e in leftover)
+        depth_of = self._depth_of
+        get_event = self._get_event
+        power_nodes = self._power.nodes
+        leftover = [e for e in self._events.values() if e.event_id not in power_nodes]
+        key_of = self._mainline_key_of = {
+            e.event_id: (
+                compute_mainline_depth(e, depth_of, get_event),
+                e.origin_server_ts,
+                e.event_id,
+            )
+            for e in leftover
+        }
+        keyed = sorted(key_of.values())
         self._mainline_keys: list[tuple[int, int, str]] = keyed
         self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
         self._fold2 = AuthCheckFold(self._fold1.final, self._check_inputs)
@@ -356,8 +368,17 @@ class IncrementalResolver:
         return True
 
     def _mainline_key(self, event: Pdu) -> tuple[int, int, str]:
-        depth = compute_mainline_depth(event, self._depth_of, self._get_event)
-        return (depth, event.origin_server_ts, event.event_id)
+        """An event's sort key in step 3, kept until the mainline is built again (an event
+        already keyed keeps its key when the mainline extends)."""
+        key = self._mainline_key_of.get(event.event_id)
+        if key is None:
+            depth = compute_mainline_depth(event, self._depth_of, self._get_event)
+            key = self._mainline_key_of[event.event_id] = (
+                depth,
+                event.origin_server_ts,
+                event.event_id,
+            )
+        return key
 
     def _final(self, key: StateKey) -> EventId | None:
         found = self._conflicted.unconflicted.get(key)
@@ -400,9 +421,12 @@ class IncrementalResolver:
 
         # Steps 3 and 4: the other events, by mainline ordering.
         if self._fold1.final(POWER_LEVELS_KEY) != self._mainline_pl and not self._extend_mainline():
-            previous = self._result
+            # Every key the old or the new fold 2 sets may change, besides those above.
+            touched.update(self._fold2.written_keys())
             self._rebuild_mainline()
-            return self._emit_from_scratch(previous)
+            touched.update(self._fold2.written_keys())
+            touched.update(unconflicted_changed)
+            return self._emit(touched)
         fold2_pos = self._fold2.pos
         removed2 = [e for e in left if e in fold2_pos]
         removed2 += [e for e in now_power if e in fold2_pos]
@@ -456,8 +480,11 @@ class IncrementalResolver:
             removed=removed2, inserted=inserted2, base_changed=base2_changed
         )
         touched.update(unconflicted_changed)
+        return self._emit(touched)
 
-        # Step 5, as a change of the previous result.
+    def _emit(self, touched: set[StateKey]) -> StateSnapshot:
+        """Step 5, as a change of the previous result at the keys whose value may have
+        changed."""
         result = self._result
         for key in touched:
             value = self._final(key)
@@ -465,17 +492,6 @@ class IncrementalResolver:
                 result = result.with_entry(key, value) if value else _without(result, key)
         self._result = result
         return result
-
-    def _emit_from_scratch(self, previous: StateSnapshot) -> StateSnapshot:
-        result = self._result_from_scratch()
-        snapshot = previous
-        for key in previous.keys() - result.keys():
-            snapshot = _without(snapshot, key)
-        for key, value in result.items():
-            if snapshot.get(key) != value:
-                snapshot = snapshot.with_entry(key, value)
-        self._result = snapshot
-        return snapshot
 
     def _update_power_ordering(
         self, entered: list[EventId], left: set[EventId], base_changed: list[StateKey]
