@@ -67,6 +67,21 @@ class CheckInputs:
         )
 
 
+class _Finals(dict[StateKey, EventId | None]):
+    """A fold's final values: those of the keys its steps set (as of the end of the last
+    update), the fold's base answering for any other key (`__missing__`), so that the fold's
+    `final`, which the other fold uses as its base, is a lookup in C for a key a step sets."""
+
+    __slots__ = ("base",)
+
+    def __init__(self, base: BaseLookup) -> None:
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, key: StateKey) -> EventId | None:
+        return self.base(key)
+
+
 class AuthCheckFold:
     """Iterative auth checks (digest 6.2) over an ordered list of events, kept up to date.
 
@@ -82,7 +97,6 @@ class AuthCheckFold:
     """
 
     def __init__(self, base: BaseLookup, inputs: CheckInputs) -> None:
-        self.base = base
         self._usable = inputs.auth_event
         self._step_memo = inputs.step
         self._own = inputs.own_auth_state
@@ -94,7 +108,19 @@ class AuthCheckFold:
         self._readers: dict[StateKey, _Entries] = {}
         # The final value of every key some step sets, as of the end of the last update
         # (a key no step that passed sets may be missing: its final value is the base's).
-        self._finals: dict[StateKey, EventId | None] = {}
+        self._finals = _Finals(base)
+        # `final(key)`: the value of `key` after the last step (as of the end of the last
+        # update); the finals' own lookup, in C when a step sets the key.
+        self.final: Callable[[StateKey], EventId | None] = self._finals.__getitem__
+
+    @property
+    def base(self) -> BaseLookup:
+        """What a key is worth before the first step (the fold's starting state)."""
+        return self._finals.base
+
+    @base.setter
+    def base(self, base: BaseLookup) -> None:
+        self._finals.base = base
 
     def build(
         self, steps: Iterable[tuple[Pdu, float]], base_state: Mapping[StateKey, EventId | None]
@@ -131,7 +157,7 @@ class AuthCheckFold:
                 entries[0].append(at)
                 entries[1].append(event_id)
         state = self._run_in_order(order, dict(base_state))
-        self._finals = {key: state.get(key) for key in writers}
+        self._finals.update({key: state.get(key) for key in writers})
 
     def _run_in_order(
         self, order: Iterable[EventId], state: dict[StateKey, EventId | None]
@@ -186,11 +212,6 @@ class AuthCheckFold:
     def value_at(self, key: StateKey, at: float) -> EventId | None:
         """The value of `key` for a step at position `at` (what the steps before it set)."""
         return self._value_at(key, at)
-
-    def final(self, key: StateKey) -> EventId | None:
-        """The value of `key` after the last step (as of the end of the last update)."""
-        found = self._finals.get(key, _UNSET)
-        return self.base(key) if found is _UNSET else found
 
     def final_state(
         self, base_state: Mapping[StateKey, EventId | None]
@@ -393,8 +414,9 @@ class AuthCheckFold:
         return changed
 
 
-def no_base(_key: StateKey) -> None:
-    return None
+# A base that has no value for any key (an empty map's lookup: in C).
+_NOTHING: dict[StateKey, EventId] = {}
+no_base: BaseLookup = _NOTHING.get
 
 
 def _step_record(event: Pdu) -> _Step:
