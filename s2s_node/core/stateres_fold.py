@@ -294,11 +294,9 @@ class AuthCheckFold:
                         end = writers[0][i]
                         break
             reader_pos, reader_ids = readers
-            for i in range(bisect_right(reader_pos, at), len(reader_pos)):
-                p = reader_pos[i]
-                if p > end:
-                    break
-                push(agenda, (p, reader_ids[i]))
+            stop = len(reader_pos) if end is _INF else bisect_right(reader_pos, end)
+            for i in range(bisect_right(reader_pos, at), stop):
+                push(agenda, (reader_pos[i], reader_ids[i]))
 
         base_changed = list(base_changed)
         for key in base_changed:
@@ -350,7 +348,6 @@ class AuthCheckFold:
         # checked (pushes while checking are after the step being checked), so a repeat
         # is the entry just checked.
         last = -_INF
-        value_at = self._value_at
         base = self.base
         usable = self._usable
         own = self._own
@@ -404,8 +401,17 @@ class AuthCheckFold:
         changed = set(base_changed)
         finals = self._finals
         for key in touched:
-            if key in writers_of:
-                value = value_at(key, _INF)
+            entries = writers_of.get(key)
+            if entries is not None:
+                # The value after the last step (`_value_at`, in line): the last writer
+                # that passed, else the base.
+                value: EventId | None
+                for event_id in reversed(entries[1]):
+                    if passed[event_id]:
+                        value = event_id
+                        break
+                else:
+                    value = base(key)
                 if finals.get(key, _UNSET) != value:
                     finals[key] = value
                     changed.add(key)
