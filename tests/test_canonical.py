@@ -271,6 +271,25 @@ def test_brackets_inside_strings_do_not_count_as_nesting() -> None:
     assert parse_json(text) == json.loads(text)
 
 
+@pytest.mark.parametrize("siblings", [10, 3000])  # decoded first / pre-scanned first
+def test_depth_limit_counts_nesting_not_brackets(siblings: int) -> None:
+    # Many sibling containers (more brackets than the limit, in total) are not nesting.
+    shallow = json.dumps({"pdus": [{"a": [], "b": {}} for _ in range(siblings)]})
+    assert parse_json(shallow) == json.loads(shallow)
+
+    # The object and the array hold two levels; below them, empty arrays nested `levels` deep.
+    def within(levels: int) -> str:
+        inner: Any = []
+        for _ in range(levels - 1):
+            inner = [inner]
+        return json.dumps({"pdus": [{"a": [], "b": {}} for _ in range(siblings)] + [inner]})
+
+    assert parse_json(within(MAX_JSON_DEPTH - 2)) == json.loads(within(MAX_JSON_DEPTH - 2))
+    with pytest.raises(CanonicalJsonError) as exc_info:
+        parse_json(within(MAX_JSON_DEPTH - 1))  # an empty container one level too deep
+    assert _reason(exc_info) is CanonicalJsonReason.TOO_DEEP
+
+
 def test_deeply_nested_text_fails_without_recursion_error() -> None:
     with pytest.raises(CanonicalJsonError) as exc_info:
         parse_json("[" * 100_000 + "]" * 100_000)

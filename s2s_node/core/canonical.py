@@ -15,7 +15,7 @@ import enum
 import json
 import json.encoder
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeAlias
 
 # A JSON value as Matrix allows it in events: no floats.
@@ -408,6 +408,36 @@ def _nesting_depth_exceeds(text: str, limit: int) -> bool:
     return True
 
 
+# Up to this many brackets in a text, `_parse` decodes it before checking its depth: so many
+# nested containers are well within the decoder's C stack even under a raised recursion limit.
+_DECODE_FIRST_BRACKETS = 2000
+
+
+def _too_deep(max_depth: int) -> CanonicalJsonError:
+    return CanonicalJsonError(
+        CanonicalJsonReason.TOO_DEEP, f"JSON nests deeper than {max_depth} levels"
+    )
+
+
+def _nests_deeper(value: Any, limit: int) -> bool:
+    """Whether decoded JSON nests more than `limit` containers deep (`value` counts as one if
+    it is a container; an empty one too)."""
+    kind = type(value)
+    if kind is dict:
+        items: Iterable[Any] = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return False
+    if limit <= 0:
+        return True
+    for item in items:
+        kind = type(item)
+        if (kind is dict or kind is list) and _nests_deeper(item, limit - 1):
+            return True
+    return False
+
+
 def parse_json(data: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> JsonValue:
     """Decode untrusted JSON text strictly.
 
@@ -436,16 +466,21 @@ def _parse(data: bytes | str, max_depth: int, decoder: json.JSONDecoder) -> Json
                 raise CanonicalJsonError(
                     CanonicalJsonReason.NOT_UTF8, "text has a lone surrogate"
                 ) from None
-    if _nesting_depth_exceeds(text, max_depth):
-        raise CanonicalJsonError(
-            CanonicalJsonReason.TOO_DEEP, f"JSON nests deeper than {max_depth} levels"
-        )
+    # Depth: text with few brackets is decoded first (the decoder's recursion is then shallow
+    # whatever the interpreter's recursion limit) and its containers walked, which costs much
+    # less than the pre-scan of the whole text (a transaction of 50 PDUs holds a few hundred).
+    brackets = text.count("[") + text.count("{")
+    direct = brackets <= _DECODE_FIRST_BRACKETS
+    if not direct and _nesting_depth_exceeds(text, max_depth):
+        raise _too_deep(max_depth)
     try:
         value: JsonValue = decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise CanonicalJsonError(CanonicalJsonReason.NOT_JSON, str(exc)) from None
     except RecursionError:
         raise CanonicalJsonError(CanonicalJsonReason.TOO_DEEP, "JSON nests too deeply") from None
+    if direct and brackets > max_depth and _nests_deeper(value, max_depth):
+        raise _too_deep(max_depth)
     if _SURROGATE_ESCAPE.search(text):
         # Escaped surrogates: valid pairs decoded to one code point; a lone one did not.
         check_canonical_value(value, max_depth=max_depth)
