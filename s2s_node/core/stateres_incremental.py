@@ -179,6 +179,7 @@ class IncrementalResolver:
             e: get_event(e) for e in index.ids_of(self._conflicted.full)
         }
         self._pdus.update(self._events)
+        self._power_events.update({e: is_power_event(p) for e, p in self._events.items()})
         self._rebuild_power_ordering()
         result = self._result_from_scratch()
         self._result = StateSnapshot(result)
