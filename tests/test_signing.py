@@ -36,6 +36,7 @@ from s2s_node.core.signing import (
     compute_content_hash,
     compute_event_id,
     compute_event_size,
+    compute_event_size_bound,
     compute_reference_hash,
     derived_keys,
     encode_content_hash_bytes,
@@ -706,6 +707,20 @@ def test_event_size_is_exact(event: dict[str, Any], left_out: dict[str, Any]) ->
     for whole in ({**event, **left_out}, left_out):
         size = compute_event_size(whole, encode_content_hash_bytes(whole))
         assert size == len(encode_canonical_json(whole))
+
+
+@settings(max_examples=300)
+@given(
+    event=events() | st.dictionaries(safe_text, json_values, max_size=3),
+    left_out=left_out_members,
+)
+def test_event_size_bound_is_at_least_the_size(
+    event: dict[str, Any], left_out: dict[str, Any]
+) -> None:
+    for whole in ({**event, **left_out}, left_out):
+        hashed = encode_content_hash_bytes(whole)
+        bound = compute_event_size_bound(whole, len(hashed))
+        assert bound >= compute_event_size(whole, hashed) == len(encode_canonical_json(whole))
 
 
 @settings(max_examples=100)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, fields
 
 from s2s_node.core.auth import AuthRule
 from s2s_node.core.canonical import encode_base64, encode_base64_urlsafe
-from s2s_node.core.events import EventFormatError, Pdu, parse_pdu
+from s2s_node.core.events import MAX_PDU_BYTES, EventFormatError, Pdu, parse_pdu
 from s2s_node.core.ids import EventId
 from s2s_node.core.room import (
     Admission,
@@ -43,6 +43,7 @@ from s2s_node.core.signing import (
     SignatureError,
     check_event_signatures,
     compute_event_size,
+    compute_event_size_bound,
     encode_signing_and_content_hash_bytes,
     encode_signing_bytes,
     is_content_hash_valid,
@@ -237,8 +238,12 @@ def _check_received(
         else:
             event_id = EventId("$" + encode_base64_urlsafe(hashlib.sha256(message).digest()))
             if values_checked:
+                # A bound of the size is enough when it fits the limit (the usual event); the
+                # exact size otherwise, so that an event too large is refused with its size.
                 try:
-                    size = compute_event_size(obj, hashed)
+                    size = compute_event_size_bound(obj, len(hashed))
+                    if size > MAX_PDU_BYTES:
+                        size = compute_event_size(obj, hashed)
                 except (TypeError, ValueError, RecursionError):
                     size = None
     # Step 1: the format of the graph's room version; otherwise drop.

@@ -26,6 +26,7 @@ from s2s_node.core.canonical import (
     Base64Error,
     JsonDict,
     check_canonical_value,
+    check_canonical_value_bound,
     compute_encoded_length,
     compute_encoded_size,
     decode_base64,
@@ -226,6 +227,20 @@ def compute_event_size(event: Mapping[str, Any], content_hash_bytes: bytes) -> i
     `_event_size`. Values are not checked.
     """
     return _event_size(len(content_hash_bytes), {k: event[k] for k in _NOT_HASHED if k in event})
+
+
+def compute_event_size_bound(event: Mapping[str, Any], content_hash_size: int) -> int:
+    """An upper bound of `compute_event_size(event, ...)` from the length of the content-hash
+    bytes, for the receive path's size limit: when it fits, the exact size does too. The
+    members the content-hash form leaves out (`hashes`, `signatures`, `unsigned`: a few short
+    strings on the usual event) are bounded by `check_canonical_value_bound`, which raises
+    `CanonicalJsonError` for a value that is not canonical JSON.
+    """
+    size = content_hash_size
+    for key in _NOT_HASHED:
+        if key in event:
+            size += len(key) + 4 + check_canonical_value_bound(event[key])  # `,"key":value`
+    return size
 
 
 def _event_size(hashed_size: int, left_out: Mapping[str, Any]) -> int:
