@@ -20,6 +20,7 @@ from test_room import _cached_pdus, _topological_order
 
 from s2s_node.core import stateres_conflicted, stateres_incremental, stateres_ordering
 from s2s_node.core.events import Pdu
+from s2s_node.core.ids import EventId
 from s2s_node.core.room import EventStatus, RoomGraph
 from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import compute_conflicted_state, resolve
@@ -306,11 +307,11 @@ def test_blocked_keys_place_a_key_before_the_first_larger_one_as_a_list_does(
     """The power ordering's key blocks (split at 4 keys here) answer as a plain list would:
     a placed key goes before the first larger key at or after the start (at the end if none
     is), and every answer after inserts, deletes and splits reads the blocks as they are."""
-    model = [(value, 0, "") for value in initial]
+    model = [(value, 0, EventId("")) for value in initial]
     blocked = stateres_ordering.BlockedKeys(list(model), size=2)
     for operation, where, value in operations:
         i = where % (len(model) + 1)
-        key = (value, 0, "")
+        key = (value, 0, EventId(""))
         if operation == "insert":
             model.insert(i, key)
             blocked.insert(i, key)
@@ -323,7 +324,7 @@ def test_blocked_keys_place_a_key_before_the_first_larger_one_as_a_list_does(
             assert blocked.insert_before_larger(i, key) == want
             model.insert(want, key)
     # The final contents, one placement past the largest key at each start.
-    top = (10, 0, "")
+    top = (10, 0, EventId(""))
     for i in range(len(model) + 1):
         assert blocked.insert_before_larger(i, top) == len(model)
         blocked.delete(len(model))

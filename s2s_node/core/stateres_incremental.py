@@ -68,6 +68,9 @@ from s2s_node.core.stateres_ordering import (
     spread_positions,
 )
 
+# (mainline position, origin_server_ts, event ID): step 3's sort key.
+_MainlineKey = tuple[int, int, EventId]
+
 _MAX_MOVING = 128  # beyond this many events to re-place in the power ordering, re-sort it
 
 
@@ -99,13 +102,13 @@ class IncrementalResolver:
         self._is_power = self._power_events.__getitem__
         self._caller_get_event: GetEvent | None = None
         self._valid = False
-        self._power_key_of: dict[EventId, tuple[int, int, str]] = {}
+        self._power_key_of: dict[EventId, PowerKey] = {}
         # During a move in the power ordering: the steps to take out of fold 1, its base
         # changes and the keys an early update (before a renumbering) touched.
         self._fold1_leaving: set[EventId] = set()
         self._fold1_base_changed: list[StateKey] = []
         self._fold1_touched: set[StateKey] = set()
-        self._mainline_key_of: dict[EventId, tuple[int, int, str]] = {}
+        self._mainline_key_of: dict[EventId, _MainlineKey] = {}
         self.rebuilds = 0
         self.updates = 0
 
@@ -120,7 +123,7 @@ class IncrementalResolver:
         assert self._caller_get_event is not None
         return self._caller_get_event(event_id)
 
-    def _power_key(self, event: Pdu) -> tuple[int, int, str]:
+    def _power_key(self, event: Pdu) -> PowerKey:
         key = self._power_key_of.get(event.event_id)
         if key is None:
             power = compute_sender_power(event, self._get_event)
@@ -253,19 +256,21 @@ class IncrementalResolver:
                 else:
                     siblings.append(event_id)
             pending += parents
-        # Kahn's algorithm: the smallest ready key first (a key ends with its event ID).
+        # Kahn's algorithm: the smallest ready key first (a key ends with its event ID, so
+        # the heap holds keys alone).
         key_of = self._power_key_of
         power_key = self._power_key
-        ready: list[tuple[PowerKey, EventId]] = []
+        ready: list[PowerKey] = []
         for event_id, count in waiting.items():
             if not count:
                 key = key_of.get(event_id)
-                ready.append((power_key(events[event_id]) if key is None else key, event_id))
+                ready.append(power_key(events[event_id]) if key is None else key)
         heapify(ready)
         order: list[EventId] = []
         keys: list[PowerKey] = []
         while ready:
-            key, event_id = heappop(ready)
+            key = heappop(ready)
+            event_id = key[2]
             order.append(event_id)
             keys.append(key)
             for child in children.get(event_id, ()):
@@ -273,7 +278,7 @@ class IncrementalResolver:
                 waiting[child] = count
                 if not count:
                     key = key_of.get(child)
-                    heappush(ready, (power_key(events[child]) if key is None else key, child))
+                    heappush(ready, power_key(events[child]) if key is None else key)
         assert len(order) == len(waiting)  # the auth graph has no cycle
         return order, keys
 
@@ -335,12 +340,12 @@ class IncrementalResolver:
             for e in leftover
         }
         keyed = sorted(key_of.values())
-        self._mainline_keys: list[tuple[int, int, str]] = keyed
+        self._mainline_keys: list[_MainlineKey] = keyed
         self._mainline_positions: list[float] = [float(i) for i in range(len(keyed))]
         self._fold2 = AuthCheckFold(self._fold1.final, self._check_inputs)
         events = self._events
         self._fold2.build(
-            zip((events[EventId(k[2])] for k in keyed), self._mainline_positions, strict=True),
+            zip((events[k[2]] for k in keyed), self._mainline_positions, strict=True),
             self._fold1.final_state(self._base1_state()),
         )
 
@@ -368,7 +373,7 @@ class IncrementalResolver:
         self._mainline_pl = new_end
         return True
 
-    def _mainline_key(self, event: Pdu) -> tuple[int, int, str]:
+    def _mainline_key(self, event: Pdu) -> _MainlineKey:
         """An event's sort key in step 3, kept until the mainline is built again (an event
         already keyed keeps its key when the mainline extends)."""
         key = self._mainline_key_of.get(event.event_id)
@@ -453,7 +458,7 @@ class IncrementalResolver:
         arriving = [e for e in entered if e not in power_nodes]
         arriving += [e for e in no_longer_power if e in self._events]
         arriving_keys = [self._mainline_key(self._events[e]) for e in arriving]
-        crowded_keys: list[tuple[int, int, str]] = []
+        crowded_keys: list[_MainlineKey] = []
         for mainline_key in arriving_keys:
             i = bisect_left(keys, mainline_key)
             at = between(
@@ -474,9 +479,7 @@ class IncrementalResolver:
             if crowded(positions, i):
                 flush_removed()
                 self._respace_mainline(i)
-        inserted2 = [
-            (self._events[EventId(k[2])], positions[bisect_left(keys, k)]) for k in arriving_keys
-        ]
+        inserted2 = [(self._events[k[2]], positions[bisect_left(keys, k)]) for k in arriving_keys]
         touched |= self._fold2.update(
             removed=removed2, inserted=inserted2, base_changed=base2_changed
         )
@@ -573,8 +576,7 @@ class IncrementalResolver:
         positions = self._mainline_positions
         lo, hi, low, high = respace(positions, i)
         moved = {
-            EventId(k[2]): at
-            for k, at in zip(self._mainline_keys[lo:hi], positions[lo:hi], strict=True)
+            k[2]: at for k, at in zip(self._mainline_keys[lo:hi], positions[lo:hi], strict=True)
         }
         if low is None and high is None:
             self._fold2.remap(moved)

@@ -22,7 +22,8 @@ from itertools import chain, compress, count, islice, pairwise
 from s2s_node.core.events import Pdu
 from s2s_node.core.ids import EventId
 
-PowerKey = tuple[int, int, str]
+# (-sender power level, origin_server_ts, event ID): the event ID last.
+PowerKey = tuple[int, int, EventId]
 
 # Neighbouring positions closer than this (relative to their size) are renumbered: a float
 # gap halves at each insertion into it and runs out after about 40.
