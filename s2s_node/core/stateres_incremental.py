@@ -235,19 +235,20 @@ class IncrementalResolver:
 
         The graph and Kahn's algorithm of `stateres.compute_power_graph` and
         `stateres.compute_lexicographic_topological_order`, in one pass over the events'
-        auth IDs (the first call and a re-sort are dominated by them)."""
+        auth IDs."""
         events = self._events
         is_power = self._is_power
         # The DAG: the power events and their ancestors through auth edges inside the set,
         # as the number of parents each waits on and the children of each.
         waiting: dict[EventId, int] = {}
         children: dict[EventId, list[EventId]] = {}
-        pending = [e for e in events if is_power(e)]
+        in_set = events.__contains__
+        pending = list(filter(is_power, events))  # (filters in C: no frame per event)
         while pending:
             event_id = pending.pop()
             if event_id in waiting:
                 continue
-            parents = [a for a in events[event_id].auth_event_ids if a in events]
+            parents = list(filter(in_set, events[event_id].auth_event_ids))
             waiting[event_id] = len(parents)
             for parent in parents:
                 siblings = children.get(parent)
@@ -540,7 +541,7 @@ class IncrementalResolver:
             if event_id in joining or (event_id in nodes and event_id not in leaving):
                 continue
             joining.add(event_id)
-            pending.extend(a for a in events[event_id].auth_event_ids if a in events)
+            pending.extend(filter(events.__contains__, events[event_id].auth_event_ids))
         if not leaving and not joining:
             return self._fold1.update(base_changed=base_changed), [], []
         # Events of the ordering that depend on a leaving or joining one move too.
