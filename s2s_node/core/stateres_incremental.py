@@ -448,13 +448,6 @@ class IncrementalResolver:
         # only meets steps that are in the ordering.
         base2_changed = list(touched)
 
-        def flush_removed() -> None:
-            nonlocal base2_changed
-            if removed2:
-                touched.update(self._fold2.update(removed=removed2, base_changed=base2_changed))
-                removed2.clear()
-                base2_changed = []
-
         power_nodes = self._power.nodes
         arriving = [e for e in entered if e not in power_nodes]
         arriving += [e for e in no_longer_power if e in self._events]
@@ -467,7 +460,7 @@ class IncrementalResolver:
                 positions[i] if i < len(positions) else None,
             )
             if at is None:
-                flush_removed()
+                self._flush_fold2(removed2, base2_changed, touched)
                 self._respace_mainline(i)
                 at = between(positions[i - 1], positions[i])
                 assert at is not None
@@ -478,7 +471,7 @@ class IncrementalResolver:
         for mainline_key in crowded_keys:
             i = bisect_left(keys, mainline_key)
             if crowded(positions, i):
-                flush_removed()
+                self._flush_fold2(removed2, base2_changed, touched)
                 self._respace_mainline(i)
         inserted2 = [(self._events[k[2]], positions[bisect_left(keys, k)]) for k in arriving_keys]
         touched |= self._fold2.update(
@@ -486,6 +479,16 @@ class IncrementalResolver:
         )
         touched.update(unconflicted_changed)
         return self._emit(touched)
+
+    def _flush_fold2(
+        self, removed: list[EventId], base_changed: list[StateKey], touched: set[StateKey]
+    ) -> None:
+        """Take the removed steps out of fold 2 before its ordering is renumbered (with the
+        base changes not yet given to it); both lists are emptied."""
+        if removed:
+            touched.update(self._fold2.update(removed=removed, base_changed=base_changed))
+            removed.clear()
+            base_changed.clear()
 
     def _emit(self, touched: set[StateKey]) -> StateSnapshot:
         """Step 5, as a change of the previous result at the keys whose value may have

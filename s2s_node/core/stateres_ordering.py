@@ -48,7 +48,8 @@ def between(low: float | None, high: float | None) -> float | None:
 def crowded(positions: list[float], i: int) -> bool:
     """Whether the gaps around `positions[i]` are small enough to renumber soon."""
     at = positions[i]
-    room = MIN_GAP * max(1.0, abs(at))
+    size = abs(at)
+    room = MIN_GAP * size if size > 1.0 else MIN_GAP  # (max() measured slower)
     return (i > 0 and at - positions[i - 1] < room) or (
         i + 1 < len(positions) and positions[i + 1] - at < room
     )
@@ -226,7 +227,8 @@ class BlockedKeys:
             b += 1
             j = 0
         block.insert(found, key)
-        maxima[b] = max(maxima[b], key)
+        if maxima[b] < key:  # noqa: PLR1730 (max() measured slower)
+            maxima[b] = key
         if len(block) > 2 * self._size:
             half = len(block) // 2
             low, high = block[:half], block[half:]
@@ -297,18 +299,20 @@ class PowerOrdering:
         keys = self.keys
         children = self.children
         pos = self.pos
+        parents = event.auth_event_ids
         after = -_INF  # the position of its last placed parent
-        for parent in event.auth_event_ids:
+        for parent in parents:
             siblings = children.get(parent)
             if siblings is None:
                 children[parent] = {event_id}
             else:
                 siblings.add(event_id)
             at_parent = pos.get(parent, -_INF)
-            after = max(after, at_parent)
+            if at_parent > after:  # noqa: PLR1730 (a max() call a parent measured slower)
+                after = at_parent
         if joins:
             refs = self.refs
-            for parent in event.auth_event_ids:
+            for parent in parents:
                 refs[parent] = refs.get(parent, 0) + 1
         # The key goes in first (the positions are spread out, if need be, without it).
         i = keys.insert_before_larger(bisect_right(positions, after), key)
