@@ -258,6 +258,45 @@ def test_a_state_event_on_one_side_of_a_fork_changes_the_current_state(
     assert graph.state_after(name.event_id)[("m.room.name", "")] == name.event_id
 
 
+def test_a_message_on_a_three_way_fork_keeps_the_resolved_current_state(room: RoomFixture) -> None:
+    # The message replaces an extremity whose state it shares: `_commit` keeps the current
+    # state without comparing the extremities' states. It must be what resolution gives.
+    graph = room.graph
+    start = sorted(graph.forward_extremities)
+    a = room.add(room.build("m.room.topic", ALICE, {"topic": "a"}, state_key="", prev_events=start))
+    b = room.add(room.build("m.room.name", ALICE, {"name": "n"}, state_key="", prev_events=start))
+    c = room.add(room.message(BOB, "c", prev_events=start))
+    current = graph.current_state()
+    d = room.add(room.message(BOB, "d", prev_events=[c.event_id]))
+    assert graph.forward_extremities == {a.event_id, b.event_id, d.event_id}
+    assert graph.current_state() is current
+    states = [dict(graph.state_after(e)) for e in sorted(graph.forward_extremities)]
+    resolved = resolve(
+        room.rules, states, graph.store.auth_chains, graph.get_event, graph.is_rejected
+    )
+    assert dict(graph.current_state()) == resolved
+    assert resolved[("m.room.topic", "")] == a.event_id
+    assert resolved[("m.room.name", "")] == b.event_id
+
+
+def test_the_memory_store_lookups_answer_from_its_maps(room: RoomFixture) -> None:
+    store = room.graph.store
+    assert isinstance(store, MemoryRoomStore)
+    tip = room.add(room.message(BOB, "x"))
+    assert store.get_pdu(tip.event_id) is tip
+    admission = store.get_admission(tip.event_id)
+    assert admission is not None and admission.status is EventStatus.ACCEPTED
+    assert store.get_state_before(tip.event_id) == room.graph.state_before(tip.event_id)
+    assert store.get_state_after(tip.event_id) is store.get_state_before(tip.event_id)
+    unknown = EventId("$unknown")
+    assert store.get_pdu(unknown) is None
+    assert store.get_admission(unknown) is None
+    assert store.get_state_before(unknown) is None
+    assert store.get_state_after(unknown) is None
+    # Two stores share nothing.
+    assert MemoryRoomStore().get_pdu(tip.event_id) is None
+
+
 # -- building ----------------------------------------------------------------------------------
 
 

@@ -98,6 +98,8 @@ _OUTCOME_OF_STATUS = {
     EventStatus.SOFT_FAILED: Outcome.SOFT_FAILED,
     EventStatus.REJECTED: Outcome.REJECTED,
 }
+_STATUS_ACCEPTED = EventStatus.ACCEPTED
+_ACCEPTED = Outcome.ACCEPTED
 _REASON_OF_CHECK = {
     ReceiptCheck.AUTH_EVENTS: VerdictReason.AUTH_EVENTS,
     ReceiptCheck.STATE_BEFORE: VerdictReason.AUTH_STATE_BEFORE,
@@ -316,8 +318,11 @@ _new_object = object.__new__
 def _verdict(admission: Admission, redacted: bool, duplicate: bool) -> Verdict:
     """The verdict of an event the graph stored with `admission` (no `missing`)."""
     check = admission.failed_check
+    status = admission.status
     verdict: Verdict = _new_object(Verdict)
-    _set_outcome(verdict, _OUTCOME_OF_STATUS[admission.status])
+    # (A dict keyed by enum members hashes them with a Python-level `__hash__`: the usual
+    # acceptance is compared by identity instead.)
+    _set_outcome(verdict, _ACCEPTED if status is _STATUS_ACCEPTED else _OUTCOME_OF_STATUS[status])
     _set_reason(verdict, None if check is None else _REASON_OF_CHECK[check])
     _set_event_id(verdict, admission.event_id)
     _set_rule(verdict, admission.rule)

@@ -89,7 +89,7 @@ class RoomGraph:
 
     def is_rejected(self, event_id: EventId) -> bool:
         admission = self.store.get_admission(event_id)
-        return admission is not None and admission.status is EventStatus.REJECTED
+        return admission is not None and admission.status is _REJECTED
 
     def state_before(self, event_id: EventId) -> StateIds:
         state = self.store.get_state_before(event_id)
@@ -145,7 +145,7 @@ class RoomGraph:
                 continue
             auth_events[event_id] = auth_event
             admission = get_admission(event_id)
-            if admission is not None and admission.status is EventStatus.REJECTED:
+            if admission is not None and admission.status is _REJECTED:
                 if rejected is None:
                     rejected = set()
                 rejected.add(event_id)
@@ -165,9 +165,12 @@ class RoomGraph:
             return self._commit(pdu, before, failure, store.get_forward_extremities())
 
         # Step 5: the auth rules against the state before the event (resolved at merges).
-        before = self._compute_state_before(pdu)
+        prev_events = pdu.prev_events
+        # (`_compute_state_before` without its call in the usual case: one prev_event.)
+        found = store.get_state_after(prev_events[0]) if len(prev_events) == 1 else None
+        before = found if type(found) is StateSnapshot else self._compute_state_before(pdu)
         auth_keys = compute_auth_keys(pdu)
-        before_auth = _pick(before, auth_keys)
+        before_auth = before.pick(auth_keys)
         if not _cites_same(before_auth, own_auth):
             try:
                 check_auth(pdu, self._load(before_auth))
@@ -179,7 +182,6 @@ class RoomGraph:
         # When the event extends exactly the forward extremities, the current state is the
         # state before it, and step 5 decided already.
         extremities = store.get_forward_extremities()
-        prev_events = pdu.prev_events
         if (
             not (len(extremities) == 1 and prev_events[0] in extremities)
             if len(prev_events) == 1
@@ -239,22 +241,30 @@ class RoomGraph:
                 if exc.reason is not AuthChainReason.AUTH_EVENT_UNKNOWN:
                     raise
         after = before
-        if status is not EventStatus.REJECTED and state_tuple is not None:
+        if status is not _REJECTED and state_tuple is not None:
             after = before.with_entry(state_tuple, pdu.event_id)
         extremities: frozenset[EventId] | None = None
         current: StateSnapshot | None = None
-        if status is EventStatus.ACCEPTED:
+        if status is _ACCEPTED:
             prev_events = pdu.prev_events
             if len(prev_events) == 1 and prev_events[0] in old:
                 # The usual case: the one prev_event was an extremity (so it was accepted, and
                 # `_superseded_by` is just it).
-                kept = set(old)
-                kept.remove(prev_events[0])
-                kept.add(pdu.event_id)
-                extremities = frozenset(kept)
+                if len(old) == 1:  # the linear case: the event is the only extremity
+                    extremities = frozenset((pdu.event_id,))
+                    current = after  # (`_compute_current_state`'s answer, without its call)
+                else:
+                    kept = set(old)
+                    kept.remove(prev_events[0])
+                    kept.add(pdu.event_id)
+                    extremities = frozenset(kept)
+                    if after is not before:
+                        current = self._compute_current_state(old, extremities, pdu, after, False)
+                    # Else the set of states is unchanged: the event replaces its prev_event,
+                    # an extremity, and its state after is the state after that prev_event.
             else:
                 extremities = (old - self._superseded_by(pdu)) | {pdu.event_id}
-            current = self._compute_current_state(old, extremities, pdu, after, after is before)
+                current = self._compute_current_state(old, extremities, pdu, after, after is before)
         store.commit(
             pdu=pdu,
             admission=admission,
@@ -276,11 +286,10 @@ class RoomGraph:
         prev_events = pdu.prev_events
         if len(prev_events) == 1:  # the usual case: one accepted prev_event
             admission = get_admission(prev_events[0])
-            if admission is not None and admission.status is EventStatus.ACCEPTED:
+            if admission is not None and admission.status is _ACCEPTED:
                 return {prev_events[0]}
         elif all(
-            (a := get_admission(e)) is not None and a.status is EventStatus.ACCEPTED
-            for e in prev_events
+            (a := get_admission(e)) is not None and a.status is _ACCEPTED for e in prev_events
         ):
             return set(prev_events)  # nothing to look through
         superseded: set[EventId] = set()
@@ -290,7 +299,7 @@ class RoomGraph:
             if event_id in superseded:
                 continue
             superseded.add(event_id)
-            if self.status(event_id) is not EventStatus.ACCEPTED:
+            if self.status(event_id) is not _ACCEPTED:
                 stack.extend(self.get_event(event_id).prev_events)
         return superseded
 
@@ -408,6 +417,10 @@ class RoomGraph:
 
 
 _CREATE_KEY = ("m.room.create", "")
+# An enum member read from its class costs a call of the metaclass's attribute hook (about
+# 15 times a global's load): the hot paths compare with these.
+_ACCEPTED = EventStatus.ACCEPTED
+_REJECTED = EventStatus.REJECTED
 _NONE_REJECTED: Callable[[object], bool] = frozenset().__contains__
 
 _STATUS_OF_CHECK = {
@@ -432,7 +445,7 @@ _set_detail = _ADMISSION_SLOTS["detail"]
 def _accepted(event_id: EventId) -> Admission:
     admission: Admission = _new_object(Admission)
     _set_event_id(admission, event_id)
-    _set_status(admission, EventStatus.ACCEPTED)
+    _set_status(admission, _ACCEPTED)
     _set_failed_check(admission, None)
     _set_rule(admission, None)
     _set_detail(admission, "")

@@ -12,7 +12,7 @@ Spec: server-server API "Checks performed on receipt of a PDU" (outcomes; digest
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -124,32 +124,25 @@ class MemoryRoomStore:
         self._state_after: dict[EventId, StateSnapshot] = {}
         self._extremities: frozenset[EventId] = frozenset()
         self._current: StateSnapshot = EMPTY_STATE
-        self._auth_chains = AuthChainIndex()
+        # The room's auth-chain index (`RoomStore.auth_chains`): an attribute, never replaced
+        # (read once per received state event; a property would add a call).
+        self.auth_chains = AuthChainIndex()
+        # The lookups of `RoomStore` are the dicts' own `get`: the room graph calls them several
+        # times per received event (each auth event's PDU and admission), and a method would
+        # add a Python call to each. Same answers (a test pins them against the maps).
+        self.get_pdu: Callable[[EventId], Pdu | None] = self._pdus.get
+        self.get_admission: Callable[[EventId], Admission | None] = self._admissions.get
+        self.get_state_before: Callable[[EventId], StateSnapshot | None] = self._state_before.get
+        self.get_state_after: Callable[[EventId], StateSnapshot | None] = self._state_after.get
 
     def __len__(self) -> int:
         return len(self._pdus)
-
-    def get_pdu(self, event_id: EventId) -> Pdu | None:
-        return self._pdus.get(event_id)
-
-    def get_admission(self, event_id: EventId) -> Admission | None:
-        return self._admissions.get(event_id)
-
-    def get_state_before(self, event_id: EventId) -> StateSnapshot | None:
-        return self._state_before.get(event_id)
-
-    def get_state_after(self, event_id: EventId) -> StateSnapshot | None:
-        return self._state_after.get(event_id)
 
     def get_forward_extremities(self) -> frozenset[EventId]:
         return self._extremities
 
     def get_current_state(self) -> StateSnapshot:
         return self._current
-
-    @property
-    def auth_chains(self) -> AuthChainIndex:
-        return self._auth_chains
 
     def commit(
         self,
@@ -168,7 +161,11 @@ class MemoryRoomStore:
             state_before if type(state_before) is StateSnapshot else StateSnapshot.of(state_before)
         )
         after = before if state_after is state_before else StateSnapshot.of(state_after)
-        current = None if current_state is None else StateSnapshot.of(current_state)
+        current = (
+            current_state
+            if type(current_state) is StateSnapshot or current_state is None
+            else StateSnapshot.of(current_state)
+        )
         self._pdus[event_id] = pdu
         self._admissions[event_id] = admission
         self._state_before[event_id] = before
