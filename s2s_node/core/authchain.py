@@ -33,6 +33,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from s2s_node.core.ids import EventId
 
+# Bits `sparse_ids_of` takes one by one before it writes out the rest of the mask.
+_FEW_BITS = 16
+
 
 class AuthChainReason(enum.Enum):
     """Why the index refused a query or an insertion."""
@@ -158,6 +161,40 @@ class AuthChainIndex:
         """The event IDs of the set bits of a mask, in position order (parents first)."""
         ids = self._ids
         return [ids[i] for i in self.positions_of(mask)]
+
+    def sparse_ids_of(self, mask: int) -> list[EventId]:
+        """`ids_of` for a mask that usually has few bits (an update's change): bit by bit
+        from the highest, without writing out the whole mask (or counting its bits) while
+        there are few."""
+        ids = self._ids
+        found: list[EventId] = []
+        while mask:
+            if len(found) == _FEW_BITS:
+                return self.ids_of(mask) + found[::-1]
+            p = mask.bit_length() - 1
+            found.append(ids[p])
+            mask ^= 1 << p
+        found.reverse()
+        return found
+
+    def replace_in_closure(
+        self, closure: int, replaced: EventId | None, event_id: EventId | None
+    ) -> int | None:
+        """The closure (events and their auth chains) of a set of events after `replaced`
+        (None: none) gives way to `event_id` (None: none), from the closure before; None when
+        the closure before cannot tell (`replaced` is not in `event_id`'s auth chain, so it
+        may have to leave)."""
+        positions = self._positions
+        try:
+            if event_id is None:
+                return closure if replaced is None else None
+            p = positions[event_id]
+            chain = self._chains[p]
+            if replaced is not None and not chain >> positions[replaced] & 1:
+                return None
+        except KeyError as exc:
+            raise AuthChainError(AuthChainReason.EVENT_UNKNOWN, str(exc.args[0])) from None
+        return closure | (1 << p) | chain
 
     def auth_chain(self, event_id: EventId) -> frozenset[EventId]:
         """The auth chain of an event (itself excluded) as a set of event IDs."""

@@ -31,6 +31,7 @@ from s2s_node.core.state_snapshot import StateSnapshot
 from s2s_node.core.stateres import compute_conflicted_subgraph_mask, split_state
 
 MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, `changes` gives up (None)
+_NO_EVENTS: frozenset[EventId] = frozenset()
 
 
 @dataclass(slots=True, kw_only=True)
@@ -38,11 +39,13 @@ class InputChanges:
     """How new inputs differ from the previous call's: `partner[i]` is the old input the
     i-th new one was compared with (None: compared with the first, closure recomputed),
     `per_set[i]` its (key, old event, new event) changes, `extra_keys` the keys where an
-    old input without a partner differs."""
+    old input without a partner differs, `keys` every changed key (those of `per_set` and
+    `extra_keys`, a key possibly more than once)."""
 
     partner: list[int | None]
     per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]]
     extra_keys: set[StateKey]
+    keys: list[StateKey]
 
 
 def _diff_keys(old: Mapping[StateKey, EventId], new: Mapping[StateKey, EventId]) -> list[StateKey]:
@@ -62,14 +65,6 @@ def _positions_of(mask: int) -> list[int]:
         positions.append(low.bit_length() - 1)
         mask ^= low
     return positions
-
-
-def ids_of(index: AuthChainIndex, mask: int) -> list[EventId]:
-    """`index.ids_of(mask)` (parents first), bit by bit when the mask has few bits."""
-    if mask.bit_count() > 16:
-        return index.ids_of(mask)
-    id_at = index.id_at
-    return [id_at(p) for p in _positions_of(mask)]
 
 
 def plain_state(state: Mapping[StateKey, EventId]) -> dict[StateKey, EventId]:
@@ -132,7 +127,7 @@ class ConflictedState:
             # its base), compared as it is paired. (Any pairing gives the same result: it only
             # decides what each input is compared with.)
             per_set: list[list[tuple[StateKey, EventId | None, EventId | None]]] = []
-            total = 0
+            all_keys: list[StateKey] = []
             for new, old in zip(state_sets, old_sets, strict=True):
                 if new is old:
                     per_set.append([])
@@ -142,15 +137,20 @@ class ConflictedState:
                     and new.shares_base_with(old)
                 ):
                     keys = old.changed_keys(new)
-                    total += len(keys)
-                    if total > MAX_CHANGED_KEYS:
+                    all_keys += keys
+                    if len(all_keys) > MAX_CHANGED_KEYS:
                         return None
-                    per_set.append([(k, old.get(k), new.get(k)) for k in keys])
+                    changed = []
+                    for key in keys:
+                        changed.append((key, old.get(key), new.get(key)))
+                    per_set.append(changed)
                 else:
                     break
             else:
                 partner: list[int | None] = list(range(len(old_sets)))
-                return InputChanges(partner=partner, per_set=per_set, extra_keys=set())
+                return InputChanges(
+                    partner=partner, per_set=per_set, extra_keys=set(), keys=all_keys
+                )
         unpaired = list(range(len(old_sets)))
         partner = []
         for new in state_sets:
@@ -180,19 +180,18 @@ class ConflictedState:
         unpaired: list[int],
     ) -> InputChanges | None:
         old_sets = self.sets
-        changes = InputChanges(partner=partner, per_set=[], extra_keys=set())
-        total = 0
+        changes = InputChanges(partner=partner, per_set=[], extra_keys=set(), keys=[])
         for new, found in zip(state_sets, partner, strict=True):
             old = old_sets[0 if found is None else found]
             keys = _diff_keys(old, new)
-            total += len(keys)
-            if total > MAX_CHANGED_KEYS:
+            changes.keys += keys
+            if len(changes.keys) > MAX_CHANGED_KEYS:
                 return None
             changes.per_set.append([(k, old.get(k), new.get(k)) for k in keys])
         for i in unpaired:
             keys = _diff_keys(old_sets[i], state_sets[0])
-            total += len(keys)
-            if total > MAX_CHANGED_KEYS:
+            changes.keys += keys
+            if len(changes.keys) > MAX_CHANGED_KEYS:
                 return None
             changes.extra_keys.update(keys)
         return changes
@@ -208,71 +207,71 @@ class ConflictedState:
         index = self._index
         self.sets = list(state_sets)
 
-        # Unconflicted state and conflicted set, for the changed keys only.
-        changed_keys = {key for per_set in changes.per_set for key, _old, _new in per_set}
-        changed_keys |= changes.extra_keys
-        added: set[EventId] = set()
-        removed: set[EventId] = set()
+        # Unconflicted state and conflicted set, for the changed keys only (a key met again
+        # is decided again, to the same result: nothing more changes).
+        n = len(state_sets)
+        unconflicted = self.unconflicted
+        conflicted_values = self._conflicted_values
+        added: list[EventId] = []
+        removed: list[EventId] = []
         unconflicted_changed: list[StateKey] = []
-        for key in changed_keys:
+        for key in changes.keys:
             values = [s.get(key) for s in state_sets]
-            before_u = self.unconflicted.get(key)
-            before_c = self._conflicted_values.get(key, frozenset())
+            before_u = unconflicted.get(key)
+            before_c = conflicted_values.get(key, _NO_EVENTS)
             first = values[0]
-            if first is not None and values.count(first) == len(values):
-                after_u: EventId | None = first
-                after_c: frozenset[EventId] = frozenset()
+            if first is not None and values.count(first) == n:
+                after_c = _NO_EVENTS
+                if first != before_u:
+                    unconflicted[key] = first
+                    unconflicted_changed.append(key)
             else:
-                after_u = None
                 after_c = frozenset(filter(None, values))  # (event IDs are never empty)
-            if after_u != before_u:
-                unconflicted_changed.append(key)
-                if after_u is None:
-                    del self.unconflicted[key]
-                else:
-                    self.unconflicted[key] = after_u
+                if before_u is not None:
+                    del unconflicted[key]
+                    unconflicted_changed.append(key)
             if after_c != before_c:
                 if after_c:
-                    self._conflicted_values[key] = after_c
+                    conflicted_values[key] = after_c
                 else:
-                    del self._conflicted_values[key]
-                removed |= before_c - after_c
-                added |= after_c - before_c
-        self._conflicted -= removed
-        self._conflicted |= added
-        self._conflicted_mask &= ~index.mask_of(removed)
-        self._conflicted_mask |= index.mask_of(added)
+                    del conflicted_values[key]
+                removed += before_c - after_c
+                added += after_c - before_c
+        if added or removed:
+            self._conflicted.difference_update(removed)
+            self._conflicted.update(added)
+            # An event is the value of its own key only: the removed ones were conflicted and
+            # the added ones were not, so each flips.
+            self._conflicted_mask ^= index.mask_of(removed + added)
 
         # Each input's closure: grown by a new event whose closure holds the one it replaced.
         old_closures = self._closures
-        self._closures = []
+        closures = self._closures = []
+        partner = changes.partner
         for i, per_set in enumerate(changes.per_set):
-            found = changes.partner[i]
-            if found is None:
-                self._closures.append(index.closure_mask(plain_state(state_sets[i]).values()))
-                continue
-            closure = old_closures[found]
-            exact = True
-            for _key, old, new in per_set:
-                if new is not None:
-                    p = index.position(new)
-                    closure |= (1 << p) | index.chain_mask_at(p)
-                if old is not None and not (
-                    new is not None and index.chain_mask(new) >> index.position(old) & 1
-                ):
-                    exact = False
-            self._closures.append(
-                closure if exact else index.closure_mask(plain_state(state_sets[i]).values())
-            )
+            found = partner[i]
+            closure: int | None = None
+            if found is not None:
+                closure = old_closures[found]
+                for _key, old, new in per_set:
+                    closure = index.replace_in_closure(closure, old, new)
+                    if closure is None:
+                        break
+            if closure is None:
+                closure = index.closure_mask(plain_state(state_sets[i]).values())
+            closures.append(closure)
 
         if self._rules.state_res_conflicted_subgraph and (added or removed):
-            self._update_subgraph(added, removed)
+            self._update_subgraph(set(added), set(removed))
 
         # The full conflicted set and what entered or left it.
         old_full = self.full
-        self.full = self._compute_full_mask()
-        entered = ids_of(index, self.full & ~old_full)  # parents first
-        left = ids_of(index, old_full & ~self.full)
+        full = self.full = self._compute_full_mask()
+        differ = full ^ old_full
+        if not differ:
+            return unconflicted_changed, [], []
+        entered = index.sparse_ids_of(differ & full)  # parents first
+        left = index.sparse_ids_of(differ & old_full)
         return unconflicted_changed, entered, left
 
     def _ancestors_of(self, event_ids: Iterable[EventId]) -> int:
@@ -283,12 +282,18 @@ class ConflictedState:
         return mask
 
     def _compute_full_mask(self) -> int:
-        union = 0
-        intersection = -1
-        for closure in self._closures:
-            union |= closure
-            intersection &= closure
-        return self._conflicted_mask | (union & ~intersection) | self._subgraph
+        closures = self._closures
+        if len(closures) == 2:
+            auth_difference = closures[0] ^ closures[1]
+        else:
+            union = 0
+            intersection = -1
+            for closure in closures:
+                union |= closure
+                intersection &= closure
+            auth_difference = union & ~intersection
+        full = self._conflicted_mask | auth_difference
+        return full | self._subgraph if self._subgraph else full
 
     def _update_subgraph(self, added: set[EventId], removed: set[EventId]) -> None:
         """v2.1 conflicted subgraph after the conflicted set gained `added` and lost `removed`.
@@ -346,4 +351,4 @@ class ConflictedState:
         self._subgraph = subgraph
 
 
-__all__ = ["MAX_CHANGED_KEYS", "ConflictedState", "InputChanges", "ids_of", "plain_state"]
+__all__ = ["MAX_CHANGED_KEYS", "ConflictedState", "InputChanges", "plain_state"]
