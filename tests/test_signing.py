@@ -834,3 +834,73 @@ def test_signing_and_content_hash_bytes_of_decoys_and_real_events() -> None:
             message, hashed = encode_signing_and_content_hash_bytes(signed, rules)
             assert message == encode_signing_bytes(signed, rules)
             assert is_content_hash_valid(signed, content_hash_bytes=hashed)
+
+
+def _outcome(run: Any) -> SignatureReason | None:
+    try:
+        run()
+    except SignatureError as exc:
+        return exc.reason
+    return None
+
+
+def test_a_key_ring_decides_as_a_plain_lookup_of_the_same_keys() -> None:
+    # `check_json_signature` reads a `KeyRing`'s raw keys and decodes the usual 86-character
+    # signature in line; a plain callable takes the general path. Both must decide alike, for
+    # every spelling of the signature.
+    signed = sign_json({"a": 1}, "domain", SPEC_KEY)
+    good = signed["signatures"]["domain"][KEY_ID]
+    assert len(good) == 86
+
+    def plain(server: str, key_id: str) -> Any:
+        return SPEC_KEY.verify_key if (server, key_id) == ("domain", KEY_ID) else None
+
+    flipped = ("B" if good[0] == "A" else "A") + good[1:]
+    spellings: list[object] = [
+        good,
+        good + "==",  # padded
+        good[:-1] + "=",  # 86 characters ending in padding
+        good[:-2] + "==",  # the same, 63 bytes
+        good[:40] + "!" + good[41:],  # not the alphabet
+        good[:40] + "é" + good[41:],  # not ASCII
+        good[:40] + "=" + good[41:],  # padding inside
+        good[:-1],  # 85 characters
+        good + "A",  # 87 characters
+        good + "AA",  # 88 characters, 66 bytes
+        flipped,  # decodes, does not verify
+        5,
+        None,
+    ]
+    outcomes = []
+    for spelling in spellings:
+        obj = {"a": 1, "signatures": {"domain": {KEY_ID: spelling, "ed25519:other": good}}}
+        ring = _outcome(lambda obj=obj: check_json_signature(obj, "domain", SPEC_KEYS))
+        lookup = _outcome(lambda obj=obj: check_json_signature(obj, "domain", plain))
+        assert ring is lookup, spelling
+        outcomes.append(ring)
+    assert outcomes[0] is None
+    assert outcomes[1] is None
+    assert outcomes[2:10] == [SignatureReason.BAD_ENCODING] * 8
+    assert outcomes[10] is SignatureReason.BAD_SIGNATURE
+    # A ring asked first through the call, then through its raw keys: the same key.
+    explicit = KeyRing({"domain": {KEY_ID: SPEC_KEY.verify_key_bytes}}, derive=False)
+    assert explicit("domain", KEY_ID) == SPEC_KEY.verify_key
+    check_json_signature(signed, "domain", explicit)
+    assert _outcome(lambda: check_json_signature(signed, "other", explicit)) is (
+        SignatureReason.MISSING_SIGNATURE
+    )
+
+
+def test_a_derived_key_is_read_from_the_ring_after_the_first_signature() -> None:
+    identifier = OTHER_KEY.identifier
+    signed = sign_json({"b": 2}, identifier, OTHER_KEY)
+    ring = KeyRing()
+    check_json_signature(signed, identifier, ring)  # derives and keeps the key
+    check_json_signature(signed, identifier, ring)  # reads the kept raw key
+    tampered = {**signed, "b": 3}
+    assert _outcome(lambda: check_json_signature(tampered, identifier, ring)) is (
+        SignatureReason.BAD_SIGNATURE
+    )
+    assert _outcome(lambda: check_json_signature(signed, "not-an-identifier", ring)) is (
+        SignatureReason.MISSING_SIGNATURE
+    )
