@@ -585,8 +585,9 @@ def test_check_event_signatures_is_the_loop_over_required_signers() -> None:
 
 
 def test_a_bad_signature_fails_as_verify_key_verify_does() -> None:
-    # `check_json_signature` calls the binding behind `VerifyKey.verify` directly: both accept
-    # and refuse the same signatures.
+    # `check_json_signature` calls libsodium's `crypto_sign_open` (the function behind
+    # `VerifyKey.verify`) directly, with no output buffer: both accept and refuse the same
+    # signatures.
     signed = sign_json({"a": 1}, "domain", SPEC_KEY)
     message = encode_canonical_json({"a": 1})
     signature = decode_base64(signed["signatures"]["domain"][KEY_ID])
@@ -904,3 +905,38 @@ def test_a_derived_key_is_read_from_the_ring_after_the_first_signature() -> None
     assert _outcome(lambda: check_json_signature(signed, "not-an-identifier", ring)) is (
         SignatureReason.MISSING_SIGNATURE
     )
+
+
+def test_signatures_over_other_messages_and_keys_fail_as_verify_key_verify_does() -> None:
+    keys = KeyRing(
+        {
+            "domain": {KEY_ID: SPEC_KEY.verify_key_bytes},
+            "other": {KEY_ID: OTHER_KEY.verify_key_bytes},
+        },
+        derive=False,
+    )
+    for size in (0, 1, 63, 64, 65, 1000, 70000):
+        obj = {"a": "x" * size}
+        signed = sign_json(obj, "domain", SPEC_KEY)
+        signature_b64 = signed["signatures"]["domain"][KEY_ID]
+        signature = decode_base64(signature_b64)
+        message = encode_canonical_json(obj)
+        check_json_signature(signed, "domain", keys)
+        for key, server in ((SPEC_KEY, "domain"), (OTHER_KEY, "other")):
+            claimed = {**signed, "signatures": {server: {KEY_ID: signature_b64}}}
+            try:
+                key.verify_key.verify(message, signature)
+                verified = True
+            except nacl.exceptions.BadSignatureError:
+                verified = False
+            assert verified is (key is SPEC_KEY)
+            outcome = _outcome(
+                lambda claimed=claimed, server=server: check_json_signature(claimed, server, keys)
+            )
+            assert outcome is (None if verified else SignatureReason.BAD_SIGNATURE)
+        changed = {**signed, "a": "y" + "x" * size}
+        with pytest.raises(nacl.exceptions.BadSignatureError):
+            SPEC_KEY.verify_key.verify(encode_canonical_json({"a": changed["a"]}), signature)
+        assert _outcome(lambda changed=changed: check_json_signature(changed, "domain", keys)) is (
+            SignatureReason.BAD_SIGNATURE
+        )
