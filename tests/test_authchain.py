@@ -70,3 +70,10 @@ def test_replace_in_closure_of_unknown_events() -> None:
         with pytest.raises(AuthChainError) as info:
             index.replace_in_closure(1, replaced, new)
         assert info.value.reason is AuthChainReason.EVENT_UNKNOWN
+
+
+@given(dags())
+def test_views_are_the_index(index: AuthChainIndex) -> None:
+    ids = index.event_ids()
+    assert list(index.chain_masks) == [index.chain_mask_at(p) for p in range(len(ids))]
+    assert dict(index.positions_by_id) == {e: index.position(e) for e in ids}

@@ -29,7 +29,7 @@ position order.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from s2s_node.core.ids import EventId
 
@@ -109,6 +109,18 @@ class AuthChainIndex:
     def chain_mask(self, event_id: EventId) -> int:
         """The auth chain of an event (itself excluded) as a mask."""
         return self._chains[self.position(event_id)]
+
+    @property
+    def chain_masks(self) -> Sequence[int]:
+        """Every event's chain mask by position, for loops over many positions (a view of
+        the index's own list: read it, never change it)."""
+        return self._chains
+
+    @property
+    def positions_by_id(self) -> Mapping[EventId, int]:
+        """Every event's position by ID, for loops over many events (a view of the index's
+        own map: read it, never change it)."""
+        return self._positions
 
     def chain_mask_at(self, position: int) -> int:
         """`chain_mask` by position (no lookup by ID)."""

@@ -262,7 +262,7 @@ class ConflictedState:
             closures.append(closure)
 
         if self._rules.state_res_conflicted_subgraph and (added or removed):
-            self._update_subgraph(set(added), set(removed))
+            self._update_subgraph(added, removed)
 
         # The full conflicted set and what entered or left it.
         old_full = self.full
@@ -295,7 +295,7 @@ class ConflictedState:
         full = self._conflicted_mask | auth_difference
         return full | self._subgraph if self._subgraph else full
 
-    def _update_subgraph(self, added: set[EventId], removed: set[EventId]) -> None:
+    def _update_subgraph(self, added: list[EventId], removed: list[EventId]) -> None:
         """v2.1 conflicted subgraph after the conflicted set gained `added` and lost `removed`.
 
         Subgraph = C ∪ {x ∈ ancestors(C) : chain(x) ∩ C ≠ ∅}. Only the added and removed
@@ -303,14 +303,21 @@ class ConflictedState:
         added or removed event (below) can change; no reverse index of the chains is needed.
         """
         index = self._index
+        chains = index.chain_masks
+        position_of = index.positions_by_id
         old_ancestors = self._ancestors
-        ancestors = old_ancestors
+        added_positions = [position_of[e] for e in added]
+        removed_positions = [position_of[e] for e in removed]
         added_chains = 0
-        for event_id in added:
-            added_chains |= index.chain_mask(event_id)
-        ancestors |= added_chains
-        if any(not added_chains >> index.position(r) & 1 for r in removed):
-            ancestors = self._ancestors_of(self._conflicted)
+        added_mask = 0
+        for p in added_positions:
+            added_chains |= chains[p]
+            added_mask |= 1 << p
+        ancestors = old_ancestors | added_chains
+        for p in removed_positions:
+            if not added_chains >> p & 1:
+                ancestors = self._ancestors_of(self._conflicted)
+                break
         self._ancestors = ancestors
         conflicted = self._conflicted_mask
         changed = ancestors ^ old_ancestors
@@ -324,30 +331,38 @@ class ConflictedState:
         # conflicted, or join (e added) only if it was not and is an ancestor now: just those
         # events above e (descendants are indexed after it) are looked at.
         old_subgraph = self._subgraph
-        stable = conflicted & ~index.mask_of(added)
-        for event_id in added | removed:
-            p = index.position(event_id)
+        stable = conflicted & ~added_mask if added_mask else conflicted
+        joining = leaving = -1  # (computed when first needed)
+        for p, was_added in [(p, True) for p in added_positions] + [
+            (p, False) for p in removed_positions
+        ]:
             affected.add(p)
-            if index.chain_mask_at(p) & stable:
+            if chains[p] & stable:
                 continue
-            if event_id in added:
-                candidates = ancestors & ~old_subgraph
+            if was_added:
+                if joining < 0:
+                    joining = ancestors & ~old_subgraph
+                candidates = joining >> p + 1
             else:
-                candidates = old_subgraph & ~conflicted
-            candidates >>= p + 1
-            for offset in (
-                index.positions_of(candidates)
-                if candidates.bit_count() > 16
-                else _positions_of(candidates)
-            ):
+                if leaving < 0:
+                    leaving = old_subgraph & ~conflicted
+                candidates = leaving >> p + 1
+            # Each candidate above e, from the highest: those whose chain holds e.
+            while candidates:
+                offset = candidates.bit_length() - 1
+                candidates ^= 1 << offset
                 q = offset + p + 1
-                if index.chain_mask_at(q) >> p & 1:
+                if chains[q] >> p & 1:
                     affected.add(q)
         subgraph = old_subgraph
         for p in affected:
             bit = 1 << p
-            inside = conflicted & bit or (ancestors & bit and index.chain_mask_at(p) & conflicted)
-            subgraph = subgraph | bit if inside else subgraph & ~bit
+            inside = conflicted & bit or (ancestors & bit and chains[p] & conflicted)
+            if subgraph & bit:
+                if not inside:
+                    subgraph ^= bit
+            elif inside:
+                subgraph |= bit
         self._subgraph = subgraph
 
 
