@@ -817,6 +817,16 @@ def test_signing_and_content_hash_bytes_of_decoys_and_real_events() -> None:
         {"creator": "@a:domain", "depth": 12, "hashes": {"sha256": sha}},  # v11 keeps all
         {"membership": "join", "third_party_invite": {"signed": {"depth": 12}, "x": 1}},
         {},
+        # The signed form is cut from the content-hash form: decoys for the end of the content
+        # and the redacted content written directly.
+        {"depth": 12, "membership": "join"},  # a member like the one after the content
+        {"depth": 1, "membership": "join", "x": "y"},  # a prefix of the real one
+        {"membership": 'jo"in', "displayname": "d"},  # not written as it is
+        {"membership": "jöin", "displayname": "d"},
+        {"membership": "join\u0001", "displayname": "d"},
+        {"membership": 5, "displayname": "d"},
+        {"membership": "join", "join_authorised_via_users_server": "@b:domain", "x": "y"},
+        {"body": "b", "msgtype": "m.text"},
     ]
     for event_type in ("m.room.member", "m.room.power_levels", "m.room.create", "m.room.message"):
         for content in contents:

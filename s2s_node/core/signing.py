@@ -361,32 +361,57 @@ def _cut_content_hash_form(event: JsonDict, rules: RoomVersionRules) -> tuple[by
             "".join(auth_events)
         except TypeError:  # an item that is not a string
             return None
-    # `redact(event, rules)` without `signatures` and `unsigned`: every other member is kept.
-    signed_form = dict(event)
-    signed_form.pop("signatures", None)
-    signed_form.pop("unsigned", None)
-    redacted_content = signed_form["content"] = redact_content(content, event.get("type"), rules)
-    signed = encode_canonical_json_trusted_str(signed_form)
-    # After `{"auth_events":[...],"content":` (the first `"content":`) come the redacted
-    # content, then `,"depth":N,"hashes":{"sha256":"..."}`; the rest is the same in both forms.
-    start = signed.find('"content":') + 10
-    depth_and_hashes = f',"depth":{depth!r},"hashes":{{"sha256":"{claimed}"}}'
-    for value in redacted_content.values():
+    # The content-hash form is encoded; the signed form is cut from it. (The other way round,
+    # the whole content would be encoded a second time whenever redaction drops some of it:
+    # most events. Here the redacted content, usually empty or one string, is.)
+    hash_form = dict(event)
+    del hash_form["hashes"]
+    hash_form.pop("signatures", None)
+    hash_form.pop("unsigned", None)
+    hashed = encode_canonical_json_trusted_str(hash_form)
+    # After `{"auth_events":[...],"content":` (the first `"content":`) come the content, then
+    # `,"depth":N`, then `,` and the next member or the closing `}`; in the signed form the
+    # redacted content and `,"hashes":{"sha256":"..."}` right after the depth.
+    start = hashed.find('"content":') + 10
+    depth_member = f',"depth":{depth}'
+    for value in content.values():
         if type(value) is not str:  # (an object in it could hold the same text)
-            end = start + compute_encoded_length(redacted_content)
+            end = start + compute_encoded_length(content)
             break
     else:  # text outside the strings of a flat object of strings: only its own keys
-        end = signed.find(depth_and_hashes, start)
-    if start < 10 or not signed.startswith(depth_and_hashes, end):
+        end = hashed.find(depth_member, start)
+    cut = end + len(depth_member)
+    if start < 10 or not hashed.startswith(depth_member, end) or hashed[cut] not in ",}":
         return None  # (never: a guard for the offsets above)
+    redacted_content = redact_content(content, event.get("type"), rules)
     if len(redacted_content) == len(content) and "third_party_invite" not in content:
-        content_text = signed[start:end]  # redaction kept every key, values unchanged
+        content_text = hashed[start:end]  # redaction kept every key, values unchanged
+    elif not redacted_content:
+        content_text = "{}"
     else:
-        content_text = encode_canonical_json_trusted_str(content)
-    cut_from = end + 9 + len(repr(depth))  # `,"depth":N` stays; `,"hashes":{...}` goes
-    cut_to = end + len(depth_and_hashes)
-    hashed = signed[:start] + content_text + signed[end:cut_from] + signed[cut_to:]
+        content_text = _encode_small_object(redacted_content)
+    signed = "".join(
+        (
+            hashed[:start],
+            content_text,
+            hashed[end:cut],
+            ',"hashes":{"sha256":"',
+            claimed,
+            '"}',
+            hashed[cut:],
+        )
+    )
     return signed.encode("utf-8"), hashed.encode("utf-8")
+
+
+def _encode_small_object(obj: JsonDict) -> str:
+    """Canonical JSON of an object, written directly when it is one member of plain strings
+    (a redacted member event's content)."""
+    if len(obj) == 1:
+        for key, value in obj.items():
+            if type(value) is str and _is_plain(value) and _is_plain(key):
+                return f'{{"{key}":"{value}"}}'
+    return encode_canonical_json_trusted_str(obj)
 
 
 def _is_plain(text: str) -> bool:
