@@ -171,7 +171,15 @@ class RoomGraph:
         before = found if type(found) is StateSnapshot else self._compute_state_before(pdu)
         auth_keys = compute_auth_keys(pdu)
         before_auth = before.pick(auth_keys)
-        if not _cites_same(before_auth, own_auth):
+        # Whether the state before cites the same auth events (then step 4 decided already).
+        same = len(before_auth) == len(own_auth)
+        if same:
+            get = before_auth.get
+            for key, event in own_auth.items():
+                if get(key) != event.event_id:
+                    same = False
+                    break
+        if not same:
             try:
                 check_auth(pdu, self._load(before_auth))
             except AuthError as exc:
@@ -471,19 +479,6 @@ def _pick(state: StateIds, keys: AbstractSet[StateKey]) -> dict[StateKey, EventI
         if event_id is not None:
             picked[key] = event_id
     return picked
-
-
-def _cites_same(ids: dict[StateKey, EventId], events: dict[StateKey, Pdu]) -> bool:
-    """`ids == {key: event.event_id for key, event in events.items()}`."""
-    if len(ids) != len(events):
-        return False
-    get = ids.get
-    for key, event in events.items():  # (a loop: cheaper than `all` over a generator)
-        if get(key) != event.event_id:
-            break
-    else:
-        return True
-    return False
 
 
 def _unique(states: list[StateIds]) -> list[StateIds]:
