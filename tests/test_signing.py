@@ -737,6 +737,46 @@ def test_check_event_reports_the_exact_size(event: dict[str, Any], unsigned: Any
     assert dataclasses.replace(checked, size=None) == checked
 
 
+def test_event_size_bound_of_string_members_is_a_bound_and_refuses_what_the_check_does() -> None:
+    # `hashes` and `signatures` of ASCII strings are bounded in one loop; anything else (other
+    # text, other values) by `check_canonical_value_bound`, which refuses non-canonical values.
+    from s2s_node.core.canonical import check_canonical_value_bound
+    from s2s_node.core.signing import _bound_of_string_objects
+
+    sig = "A" * 86
+    in_one_loop: list[Any] = [
+        {"sha256": "A" * 43},
+        {"domain": {KEY_ID: sig}, "other": {KEY_ID: sig, "ed25519:2": '"\\\n\x7f'}},
+        {},
+        {"domain": {}},
+    ]
+    general: list[Any] = [
+        {"domain": {KEY_ID: "é"}},  # not ASCII
+        {"domain": {KEY_ID: 5}},
+        {"domain": [sig]},
+        ["x"],
+        "x",
+    ]
+    for shape in in_one_loop + general:
+        assert (_bound_of_string_objects(shape) >= 0) is (shape in in_one_loop)
+        for key in ("hashes", "signatures", "unsigned"):
+            event = {"type": "x", key: shape}
+            hashed = encode_content_hash_bytes(event)
+            bound = compute_event_size_bound(event, len(hashed))
+            assert bound >= compute_event_size(event, hashed) == len(encode_canonical_json(event))
+    for bad in (
+        {"domain": {KEY_ID: "\ud800"}},  # a lone surrogate
+        {"domain": {KEY_ID: 2**60}},
+        {"domain": {KEY_ID: 1.5}},
+        {"sha256": "\udfff"},
+        {5: "x"},
+    ):
+        with pytest.raises(CanonicalJsonError):
+            check_canonical_value_bound(bad)
+        with pytest.raises(CanonicalJsonError):
+            compute_event_size_bound({"type": "x", "signatures": bad}, 12)
+
+
 # ----------------------------------------------------------------------------------------------
 # Both encodings of the receive path from one
 
