@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import nacl.bindings
+import nacl.exceptions
 import nacl.signing
-from nacl._sodium import ffi as _sodium_ffi  # type: ignore[import-not-found]
-from nacl._sodium import lib as _sodium_lib
 
 from s2s_node.core.canonical import (
     MAX_CHAR_BYTES,
@@ -122,8 +122,24 @@ derived_keys: KeyLookup = KeyRing()
 # and copies nothing). `nacl.bindings.crypto_sign_open` allocates and zeroes a buffer of the
 # message's size and copies the message out of it on every call: about 7,700 instructions a
 # signature more, measured. A test pins that both accept and refuse the same signatures.
-_crypto_sign_open = _sodium_lib.crypto_sign_open
-_NULL = _sodium_ffi.NULL
+# `nacl._sodium` is PyNaCl's private name for that module: a PyNaCl without it falls back to
+# the public binding, same answers.
+try:
+    from nacl._sodium import ffi as _sodium_ffi  # type: ignore[import-not-found]
+    from nacl._sodium import lib as _sodium_lib
+except ImportError:  # pragma: no cover (PyNaCl 1.5 and 1.6 have it)
+
+    def _crypto_sign_open(_m: object, _mlen: object, signed: bytes, _n: int, pk: bytes) -> int:
+        try:
+            nacl.bindings.crypto_sign_open(signed, pk)
+        except nacl.exceptions.BadSignatureError:
+            return -1
+        return 0
+
+    _NULL: object = None
+else:
+    _crypto_sign_open = _sodium_lib.crypto_sign_open
+    _NULL = _sodium_ffi.NULL
 _a2b_base64 = binascii.a2b_base64
 
 
