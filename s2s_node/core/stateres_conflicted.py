@@ -22,16 +22,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 from s2s_node.core.auth import StateKey
 from s2s_node.core.authchain import AuthChainIndex
 from s2s_node.core.ids import EventId
 from s2s_node.core.rules import RoomVersionRules
 from s2s_node.core.state_snapshot import StateSnapshot
-from s2s_node.core.stateres import compute_conflicted_subgraph_mask, split_state
+from s2s_node.core.stateres import compute_conflicted_subgraph_mask
 
 MAX_CHANGED_KEYS = 256  # beyond this many changed input keys, `changes` gives up (None)
 _NO_EVENTS: frozenset[EventId] = frozenset()
+_NONE = frozenset([None])
 
 
 @dataclass(slots=True, kw_only=True)
@@ -99,16 +101,40 @@ class ConflictedState:
         index = self._index
         self.sets = list(state_sets)
         plain = [plain_state(s) for s in state_sets]
-        unconflicted, conflicted = split_state(plain)
-        self.unconflicted = unconflicted
-        self._conflicted_values = {}
-        for key in set().union(*plain) - unconflicted.keys():
-            self._conflicted_values[key] = frozenset(
-                v for s in plain if (v := s.get(key)) is not None
+        # As `stateres.split_state`: a key is unconflicted if every input maps it to the same
+        # event (the first input filtered by each other one); every value of any other key is
+        # conflicted (read in C, key by key).
+        unconflicted = plain[0]
+        for other in plain[1:]:
+            get = other.get
+            unconflicted = {k: v for k, v in unconflicted.items() if get(k) == v}
+        self.unconflicted = unconflicted  # (a fresh map: `plain_state` copies)
+        conflicted_keys = list(set().union(*plain) - unconflicted.keys())
+        # Each conflicted key's values, in C: a tuple of the inputs' values per key (None
+        # where an input lacks the key), as a set; None is then taken out of the sets of keys
+        # some input lacks, if any.
+        values_of: dict[StateKey, frozenset[EventId | None]] = dict(
+            zip(
+                conflicted_keys,
+                map(frozenset, zip(*[map(s.get, conflicted_keys) for s in plain], strict=True)),
+                strict=True,
             )
-        self._conflicted = set(conflicted)
-        self._conflicted_mask = index.mask_of(conflicted)
-        self._closures = [index.closure_mask(s.values()) for s in plain]
+        )
+        found = set().union(*values_of.values())
+        if None in found:
+            found.discard(None)
+            for key, values in values_of.items():
+                if None in values:
+                    values_of[key] = values - _NONE
+        self._conflicted_values = cast(dict[StateKey, frozenset[EventId]], values_of)
+        self._conflicted = cast(set[EventId], found)
+        self._conflicted_mask = index.mask_of(self._conflicted)
+        # Each input's closure: that of the unconflicted events (shared) and its own
+        # conflicted ones.
+        shared = index.closure_mask(unconflicted.values())
+        self._closures = [
+            shared | index.closure_mask(filter(None, map(s.get, conflicted_keys))) for s in plain
+        ]
         self._subgraph = 0
         self._ancestors = 0
         if self._rules.state_res_conflicted_subgraph:
@@ -205,7 +231,6 @@ class ConflictedState:
         that left the full conflicted set (parents first).
         """
         index = self._index
-        self.sets = list(state_sets)
 
         # Unconflicted state and conflicted set, for the changed keys only (a key met again
         # is decided again, to the same result: nothing more changes).
@@ -215,6 +240,7 @@ class ConflictedState:
         added: list[EventId] = []
         removed: list[EventId] = []
         unconflicted_changed: list[StateKey] = []
+        self.sets = list(state_sets)
         for key in changes.keys:
             values = [s.get(key) for s in state_sets]
             before_u = unconflicted.get(key)
