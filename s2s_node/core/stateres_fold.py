@@ -61,10 +61,43 @@ class CheckInputs:
 
     def __init__(self, get_event: GetEvent, is_rejected: IsRejected) -> None:
         self.step: dict[EventId, _Step] = {}
-        self.auth_event: Memo[Pdu | None] = Memo(lambda e: None if is_rejected(e) else get_event(e))
-        self.own_auth_state: Memo[dict[StateKey, Pdu]] = Memo(
-            lambda e: compute_own_auth_state(get_event(e), get_event, is_rejected)
+        self.auth_event: dict[EventId, Pdu | None] = _AuthEvents(get_event, is_rejected)
+        self.own_auth_state: dict[EventId, dict[StateKey, Pdu]] = _OwnAuthStates(
+            get_event, is_rejected
         )
+
+
+class _AuthEvents(dict[EventId, Pdu | None]):
+    """`CheckInputs.auth_event`: a `Memo` whose load is written out (no loader call)."""
+
+    __slots__ = ("_get_event", "_is_rejected")
+
+    def __init__(self, get_event: GetEvent, is_rejected: IsRejected) -> None:
+        super().__init__()
+        self._get_event = get_event
+        self._is_rejected = is_rejected
+
+    def __missing__(self, event_id: EventId) -> Pdu | None:
+        value = self[event_id] = None if self._is_rejected(event_id) else self._get_event(event_id)
+        return value
+
+
+class _OwnAuthStates(dict[EventId, dict[StateKey, Pdu]]):
+    """`CheckInputs.own_auth_state`: a `Memo` whose load is written out (no loader call)."""
+
+    __slots__ = ("_get_event", "_is_rejected")
+
+    def __init__(self, get_event: GetEvent, is_rejected: IsRejected) -> None:
+        super().__init__()
+        self._get_event = get_event
+        self._is_rejected = is_rejected
+
+    def __missing__(self, event_id: EventId) -> dict[StateKey, Pdu]:
+        get_event = self._get_event
+        value = self[event_id] = compute_own_auth_state(
+            get_event(event_id), get_event, self._is_rejected
+        )
+        return value
 
 
 class _Finals(dict[StateKey, EventId | None]):
@@ -145,7 +178,10 @@ class AuthCheckFold:
             event_id = given.event_id
             record = memo.get(event_id)
             if record is None:
-                record = memo[event_id] = _step_record(given)
+                # (`_step_record`, in line.)
+                state_key = given.state_tuple
+                assert state_key is not None
+                record = memo[event_id] = (given, state_key, tuple(compute_auth_keys(given)))
             event, own_key, auth_keys = record
             pos[event_id] = at
             records[event_id] = record
