@@ -79,7 +79,7 @@ class ConflictedState:
     the state maps last given to `build` or `update` (`sets`)."""
 
     def __init__(self, rules: RoomVersionRules, index: AuthChainIndex) -> None:
-        self._rules = rules
+        self._with_subgraph = rules.state_res_conflicted_subgraph
         self._index = index
         self.sets: list[Mapping[StateKey, EventId]] = []
         self.unconflicted: dict[StateKey, EventId] = {}
@@ -137,7 +137,7 @@ class ConflictedState:
         ]
         self._subgraph = 0
         self._ancestors = 0
-        if self._rules.state_res_conflicted_subgraph:
+        if self._with_subgraph:
             self._ancestors = self._ancestors_of(self._conflicted)
             self._subgraph = compute_conflicted_subgraph_mask(index, self._conflicted_mask)
         self.full = self._compute_full_mask()
@@ -287,7 +287,7 @@ class ConflictedState:
                 closure = index.closure_mask(plain_state(state_sets[i]).values())
             closures.append(closure)
 
-        if self._rules.state_res_conflicted_subgraph and (added or removed):
+        if self._with_subgraph and (added or removed):
             self._update_subgraph(added, removed)
 
         # The full conflicted set and what entered or left it.
