@@ -292,7 +292,13 @@ class ConflictedState:
 
         # The full conflicted set and what entered or left it.
         old_full = self.full
-        full = self.full = self._compute_full_mask()
+        if len(closures) == 2:  # (`_compute_full_mask`, in line for the usual two inputs)
+            full = self._conflicted_mask | (closures[0] ^ closures[1])
+            if self._subgraph:
+                full |= self._subgraph
+        else:
+            full = self._compute_full_mask()
+        self.full = full
         differ = full ^ old_full
         if not differ:
             return unconflicted_changed, [], []
