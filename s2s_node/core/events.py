@@ -186,7 +186,6 @@ _new_object = object.__new__
 
 
 def _new_pdu(
-    *,
     event_id: EventId,
     room_id: RoomId,
     rules: RoomVersionRules,
@@ -200,6 +199,7 @@ def _new_pdu(
     depth: int,
     origin_server_ts: int,
     json: JsonDict,
+    /,
 ) -> Pdu:
     """`Pdu(...)` of values checked by this module (`event_type` is the field `type`)."""
     pdu: Pdu = _new_object(Pdu)
@@ -549,24 +549,22 @@ def _parse_fields(
     room_id, auth_event_ids = _room_and_auth_event_ids(
         obj, rules, event_id, event_type == "m.room.create" and state_key == "", auth_events
     )
-    # `_new_pdu(...)` in line (once per received event: a call with 13 keywords costs more).
-    pdu: Pdu = _new_object(Pdu)
-    _set_event_id(pdu, event_id)
-    _set_room_id(pdu, room_id)
-    _set_rules(pdu, rules)
-    _set_type(pdu, event_type)
-    _set_state_key(pdu, state_key)
-    _set_sender(pdu, sender)
-    _set_content(pdu, content)
-    _set_prev_events(pdu, prev_events)
-    _set_auth_events(pdu, auth_events)
-    _set_auth_event_ids(pdu, auth_event_ids)
-    _set_depth(pdu, depth)
-    _set_origin_server_ts(pdu, origin_server_ts)
-    _set_json(pdu, obj)
-    _set_auth_keys_memo(pdu, None)
-    _set_state_tuple(pdu, None if state_key is None else (event_type, state_key))
-    return pdu
+    # (Positional arguments: a call with 13 keywords costs about a microsecond more.)
+    return _new_pdu(
+        event_id,
+        room_id,
+        rules,
+        event_type,
+        state_key,
+        sender,
+        content,
+        prev_events,
+        auth_events,
+        auth_event_ids,
+        depth,
+        origin_server_ts,
+        obj,
+    )
 
 
 def _room_and_auth_event_ids(
@@ -761,17 +759,17 @@ def _check_built_fields(obj: JsonDict, rules: RoomVersionRules, event_id: EventI
         obj, rules, event_id, event_type == "m.room.create" and state_key == "", auth_events
     )
     return _new_pdu(
-        event_id=event_id,
-        room_id=room_id,
-        rules=rules,
-        event_type=event_type,
-        state_key=state_key,
-        sender=sender,
-        content=obj["content"],
-        prev_events=prev_events,
-        auth_events=auth_events,
-        auth_event_ids=auth_event_ids,
-        depth=depth,
-        origin_server_ts=obj["origin_server_ts"],
-        json=obj,
+        event_id,
+        room_id,
+        rules,
+        event_type,
+        state_key,
+        sender,
+        obj["content"],
+        prev_events,
+        auth_events,
+        auth_event_ids,
+        depth,
+        obj["origin_server_ts"],
+        obj,
     )
